@@ -1,0 +1,1 @@
+"""hpa_seg: fast, weight-free cell-instance segmentation of RGBY HPA images."""

@@ -1,0 +1,107 @@
+"""``wsss-ensemble A.parquet B.parquet team.csv -o ens.parquet``: combine per-cell predictions.
+
+Inputs are per-cell tables and/or submission CSVs; the output is a per-cell table on the
+primary source's cells (and optionally a submission CSV). See :mod:`wsss.ensemble` for the
+matching rules, the unmatched-cell policies and the methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from wsss.ensemble import (
+    IOU_THRESHOLD,
+    MATCH_MODES,
+    METHODS,
+    UNMATCHED_POLICIES,
+    EnsembleError,
+    ensemble,
+    read_source,
+)
+from wsss.submission import SubmissionError, build_submission, read_image_sizes, write_submission
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``wsss-ensemble``."""
+    parser = argparse.ArgumentParser(
+        prog="wsss-ensemble",
+        description="Ensemble per-cell tables and submission CSVs cell by cell onto the primary source's cells.",
+    )
+    parser.add_argument("inputs", type=Path, nargs="+",
+                        help="per-cell tables (.parquet/.csv) and/or submission CSVs (with PredictionString)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="per-cell table to write (.parquet or .csv)")
+    parser.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per input (default 1 each)")
+    parser.add_argument("--names", nargs="+", default=None, help="one name per input (default: file stems)")
+    parser.add_argument("--method", choices=METHODS, default="mean",
+                        help="weighted mean, rank mean or geometric mean (default mean)")
+    parser.add_argument("--primary", type=int, default=0,
+                        help="index of the input whose cells/masks are kept (default 0)")
+    parser.add_argument("--match", choices=MATCH_MODES, default="auto",
+                        help="id: join on (image_id, cell_id); iou: mask IoU matching; auto: id when both rows "
+                             "use the same label-map file, else iou (default)")
+    parser.add_argument("--iou", type=float, default=IOU_THRESHOLD,
+                        help=f"IoU threshold of matching (default {IOU_THRESHOLD})")
+    parser.add_argument("--unmatched", choices=UNMATCHED_POLICIES, default="renorm",
+                        help="primary cells a source lacks: renorm (combine the others), fill (count the "
+                             "source as --fill-value), drop (leave the cell out) (default renorm)")
+    parser.add_argument("--fill-value", type=float, default=0.0, help="score of a missing source with --unmatched fill")
+    parser.add_argument("--missing-score", type=float, default=0.0,
+                        help="score of a class a submission input does not list for a mask (default 0)")
+    parser.add_argument("--submission", type=Path, default=None, help="also write a submission CSV here")
+    parser.add_argument("--ids", type=Path, default=None, help="image list for --submission (see wsss-submit --ids)")
+    parser.add_argument("--min-confidence", type=float, default=None, help="confidence floor for --submission")
+    return parser
+
+
+def _write_table(df: pd.DataFrame, path: Path) -> None:
+    """Write a per-cell table as parquet (or CSV for a .csv suffix) through a temp file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if path.suffix.lower() == ".csv":
+        df.to_csv(tmp, index=False)
+    else:
+        df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``wsss-ensemble``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    n = len(args.inputs)
+    weights = args.weights or [1.0] * n
+    names = args.names or [None] * n
+    if len(weights) != n or len(names) != n:
+        print(f"wsss-ensemble: error: {n} inputs but {len(weights)} weights / {len(names)} names", file=sys.stderr)
+        return 2
+    try:
+        sources = [read_source(p, w, name, args.missing_score) for p, w, name in zip(args.inputs, weights, names)]
+        out = ensemble(sources, primary=args.primary, method=args.method, match=args.match,
+                       iou_threshold=args.iou, unmatched=args.unmatched, fill_value=args.fill_value, progress=True)
+        _write_table(out, args.out)
+        if args.submission is not None:
+            images = read_image_sizes(args.ids) if args.ids is not None else None
+            write_submission(build_submission(out, images, min_confidence=args.min_confidence, progress=True),
+                             args.submission)
+    except (EnsembleError, SubmissionError) as exc:
+        print(f"wsss-ensemble: error: {exc}", file=sys.stderr)
+        return 2
+    coverage = out["n_sources"].value_counts().sort_index()
+    print("sources covering a cell: " + ", ".join(f"{k}: {v}" for k, v in coverage.items()))
+    print(f"wsss-ensemble: {len(sources)} sources ({args.method}) -> {len(out)} cells in "
+          f"{out['image_id'].nunique()} images -> {args.out}"
+          + (f" (submission: {args.submission})" if args.submission else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

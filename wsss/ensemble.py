@@ -1,0 +1,310 @@
+"""Cell-level ensembling of per-cell tables and submissions.
+
+Sources are per-cell tables (any model, stage, fold or seed, each with its own segmentation)
+and Kaggle submission CSVs (a team-mate's submission: each distinct mask of an image is one cell,
+a class missing from its triplets scores ``missing_score``, default 0). Every source has a weight.
+
+Alignment. One source is the *primary*: the output has exactly its cells and masks. Every other
+source is aligned to it image by image:
+
+* ``match="id"``: join on ``(image_id, cell_id)`` (sources that share a segmentation);
+* ``match="iou"``: cell-to-cell by mask IoU at the original image size, pairs taken greedily by
+  descending IoU, each cell used at most once, kept when IoU >= ``iou_threshold`` (0.6);
+* ``match="auto"`` (default): ``id`` for an image when both sources are tables whose rows for it
+  point at the same label-map file, ``iou`` otherwise (always ``iou`` for submissions).
+
+Unmatched cells. A primary cell that a source does not cover (no matching cell, or the image
+absent from that source) is handled by ``unmatched``:
+
+* ``"renorm"`` (default): combined over the sources that do cover it, their weights renormalised;
+* ``"fill"``: the missing source counts with probability ``fill_value`` for every class;
+* ``"drop"``: the cell is left out of the output unless every source covers it.
+
+Cells of non-primary sources that match no primary cell are discarded (their masks would
+overlap the primary segmentation); the count is logged. Images absent from the primary are not
+in the output.
+
+Methods (per cell and class, weights ``w_s``):
+
+* ``"mean"``: ``sum_s w_s p_s / sum_s w_s``;
+* ``"rank"``: each source's probabilities are first replaced, per class, by their rank among all
+  that source's cells (average rank for ties) divided by its number of cells, then averaged as
+  in ``"mean"``; the output is a score in (0, 1], comparable within a class, not a probability;
+* ``"geom"``: weighted geometric mean ``exp(sum_s w_s log max(p_s, eps) / sum_s w_s)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from wsss.data.classes import NUM_CLASSES
+from wsss.schema import PROB_COLUMNS
+from wsss.submission import (
+    CellMasks,
+    SubmissionError,
+    cell_masks_from_label_map,
+    cell_masks_from_strings,
+    load_label_maps,
+    pairwise_iou,
+    read_cell_table,
+    read_submission,
+)
+
+logger = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("mean", "rank", "geom")
+MATCH_MODES: tuple[str, ...] = ("auto", "id", "iou")
+UNMATCHED_POLICIES: tuple[str, ...] = ("renorm", "fill", "drop")
+IOU_THRESHOLD: float = 0.6
+GEOM_EPS: float = 1e-6
+
+
+class EnsembleError(ValueError):
+    """Sources or options the ensemble cannot combine."""
+
+
+@dataclass
+class Source:
+    """One ensemble input: per-cell rows (unique ``image_id, cell_id``, ``p_0..p_18``, ``orig_width``,
+    ``orig_height`` and ``mask_path`` or ``mask`` strings), a weight and a name."""
+
+    name: str
+    cells: pd.DataFrame
+    weight: float = 1.0
+    kind: str = "table"
+
+
+def read_source(path: Path | str, weight: float = 1.0, name: str | None = None,
+                missing_score: float = 0.0) -> Source:
+    """Read a per-cell table (``.parquet``/``.csv``) or a submission CSV (with ``PredictionString``) as a Source."""
+    path = Path(path)
+    if not path.is_file():
+        raise EnsembleError(f"{path}: input not found")
+    if not np.isfinite(weight) or weight < 0:
+        raise EnsembleError(f"{path}: weight must be a finite number >= 0, got {weight}")
+    name = name or path.stem
+    try:
+        if path.suffix.lower() == ".csv" and "PredictionString" in pd.read_csv(path, nrows=0).columns:
+            cells = read_submission(path).cells(missing_score=missing_score)
+            return Source(name=name, cells=cells, weight=float(weight), kind="submission")
+        cells = read_cell_table(path)
+    except SubmissionError as exc:
+        raise EnsembleError(str(exc)) from exc
+    for col in ("orig_width", "orig_height"):
+        if col not in cells.columns:
+            raise EnsembleError(f"{path}: per-cell table lacks {col}")
+    if "mask_path" not in cells.columns and "mask" not in cells.columns:
+        raise EnsembleError(f"{path}: per-cell table has neither mask_path nor mask")
+    return Source(name=name, cells=cells.reset_index(drop=True), weight=float(weight), kind="table")
+
+
+# --------------------------------------------------------------------------- pure combination
+
+
+def rank_scores(probs: np.ndarray) -> np.ndarray:
+    """Per column, average rank of each value divided by the number of rows (values in (0, 1])."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape[0] == 0:
+        return probs.copy()
+    return rankdata(probs, method="average", axis=0) / probs.shape[0]
+
+
+def combine(probs: np.ndarray, weights: Sequence[float], present: np.ndarray | None = None,
+            method: str = "mean", eps: float = GEOM_EPS) -> np.ndarray:
+    """Combine ``S x N x C`` scores of ``S`` sources into ``N x C``.
+
+    ``present`` (``S x N`` bool) marks which source covers which cell; absent entries are left out
+    and the weights renormalised per cell. ``method``: ``"mean"`` (weighted arithmetic mean) or
+    ``"geom"`` (weighted geometric mean of ``max(p, eps)``); ``"rank"`` means the caller already
+    rank-transformed each source (:func:`rank_scores`), so it averages like ``"mean"``.
+    Cells no source covers get NaN.
+    """
+    if method not in METHODS:
+        raise EnsembleError(f"method must be one of {METHODS}, got {method!r}")
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 3:
+        raise EnsembleError(f"scores must be S x N x C, got shape {probs.shape}")
+    w = np.asarray(weights, dtype=np.float64).reshape(-1, 1)
+    if w.shape[0] != probs.shape[0]:
+        raise EnsembleError(f"{probs.shape[0]} sources but {w.shape[0]} weights")
+    mask = np.ones(probs.shape[:2], dtype=bool) if present is None else np.asarray(present, dtype=bool)
+    wm = w * mask
+    total = wm.sum(axis=0)
+    values = np.log(np.clip(probs, eps, None)) if method == "geom" else probs
+    values = np.where(mask[:, :, None], values, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (wm[:, :, None] * values).sum(axis=0) / total[:, None]
+    if method == "geom":
+        out = np.exp(out)
+    out[total <= 0] = np.nan
+    return out
+
+
+def greedy_match(iou: np.ndarray, threshold: float = IOU_THRESHOLD) -> np.ndarray:
+    """One-to-one matching of rows to columns by descending IoU; returns, per row, its column or -1.
+
+    Pairs with IoU >= ``threshold`` are taken from the highest IoU down, skipping rows and columns
+    already used (ties: lower row, then lower column first).
+    """
+    iou = np.asarray(iou, dtype=np.float64)
+    match = np.full(iou.shape[0], -1, dtype=np.int64)
+    if iou.size == 0:
+        return match
+    rows, cols = np.nonzero(iou >= threshold)
+    order = np.lexsort((cols, rows, -iou[rows, cols]))
+    used_cols = np.zeros(iou.shape[1], dtype=bool)
+    for r, c in zip(rows[order].tolist(), cols[order].tolist()):
+        if match[r] < 0 and not used_cols[c]:
+            match[r] = c
+            used_cols[c] = True
+    return match
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def _image_masks(source: Source, rows: pd.DataFrame) -> CellMasks:
+    """Cell masks (original size) of one image's rows of a source, in row order."""
+    ids = rows["cell_id"].astype(np.int64).to_numpy()
+    width, height = int(rows["orig_width"].iloc[0]), int(rows["orig_height"].iloc[0])
+    if "mask" in rows.columns and rows["mask"].map(lambda m: isinstance(m, str) and m != "").all():
+        return cell_masks_from_strings(rows["mask"].tolist(), height, width, ids=ids)
+    paths = rows["mask_path"].dropna().unique()
+    if len(paths) != 1:
+        raise EnsembleError(f"{source.name}: image {rows['image_id'].iloc[0]} rows point to {len(paths)} "
+                            "label-map files; one per image expected")
+    maps = load_label_maps(paths[0])
+    if (maps.orig_height, maps.orig_width) != (height, width):
+        raise EnsembleError(f"{paths[0]}: original size {maps.orig_height}x{maps.orig_width} differs from "
+                            f"the table's {height}x{width}")
+    return cell_masks_from_label_map(maps.cells, height, width, ids=ids)
+
+
+def _same_segmentation(a: Source, a_rows: pd.DataFrame, b: Source, b_rows: pd.DataFrame) -> bool:
+    """True when both sources' rows of an image point at one and the same label-map file."""
+    if a.kind != "table" or b.kind != "table" or "mask_path" not in a_rows or "mask_path" not in b_rows:
+        return False
+    pa, pb = a_rows["mask_path"].dropna().unique(), b_rows["mask_path"].dropna().unique()
+    if len(pa) != 1 or len(pb) != 1:
+        return False
+    return os.path.realpath(str(pa[0])) == os.path.realpath(str(pb[0]))
+
+
+def align(primary: Source, other: Source, match: str = "auto", iou_threshold: float = IOU_THRESHOLD,
+          progress: bool = False) -> np.ndarray:
+    """For every row of ``primary.cells``, the row of ``other.cells`` it corresponds to, or -1."""
+    if match not in MATCH_MODES:
+        raise EnsembleError(f"match must be one of {MATCH_MODES}, got {match!r}")
+    from tqdm import tqdm  # noqa: PLC0415
+
+    result = np.full(len(primary.cells), -1, dtype=np.int64)
+    other_groups = other.cells.groupby("image_id", sort=False).indices
+    matched_other = 0
+    groups = primary.cells.groupby("image_id", sort=False).indices
+    for image_id, p_idx in tqdm(groups.items(), total=len(groups), desc=f"align {other.name}", disable=not progress):
+        o_idx = other_groups.get(image_id)
+        if o_idx is None:
+            continue
+        p_rows, o_rows = primary.cells.iloc[p_idx], other.cells.iloc[o_idx]
+        use_id = match == "id" or (match == "auto" and _same_segmentation(primary, p_rows, other, o_rows))
+        if use_id:
+            if other.kind != "table" and match == "id":
+                logger.warning("%s: joining a submission on cell_id numbers (mask order), not masks", other.name)
+            lookup = dict(zip(o_rows["cell_id"].astype(np.int64).tolist(), o_idx.tolist()))
+            found = [lookup.get(int(c), -1) for c in p_rows["cell_id"].tolist()]
+            result[p_idx] = found
+        else:
+            try:
+                iou = pairwise_iou(_image_masks(primary, p_rows), _image_masks(other, o_rows))
+            except SubmissionError as exc:
+                raise EnsembleError(f"image {image_id}: {exc}") from exc
+            pairs = greedy_match(iou, iou_threshold)
+            result[p_idx] = np.where(pairs >= 0, o_idx[np.maximum(pairs, 0)], -1)
+        matched_other += int((result[p_idx] >= 0).sum())
+    unused = len(other.cells) - matched_other
+    logger.info("%s: %d of %d primary cells matched; %d of its %d cells unmatched and discarded",
+                other.name, int((result >= 0).sum()), len(result), unused, len(other.cells))
+    return result
+
+
+# --------------------------------------------------------------------------- ensemble
+
+
+def ensemble(sources: Sequence[Source], primary: int = 0, method: str = "mean", match: str = "auto",
+             iou_threshold: float = IOU_THRESHOLD, unmatched: str = "renorm", fill_value: float = 0.0,
+             progress: bool = False) -> pd.DataFrame:
+    """Combine sources cell by cell onto the primary's cells (see the module docstring).
+
+    Returns the primary's rows (all its non-probability columns, ``source`` set to
+    ``"ensemble"``) with combined ``p_0..p_18`` and ``n_sources`` (how many sources covered the cell).
+    """
+    if not sources:
+        raise EnsembleError("no sources to ensemble")
+    if method not in METHODS:
+        raise EnsembleError(f"method must be one of {METHODS}, got {method!r}")
+    if unmatched not in UNMATCHED_POLICIES:
+        raise EnsembleError(f"unmatched must be one of {UNMATCHED_POLICIES}, got {unmatched!r}")
+    if not 0 <= primary < len(sources):
+        raise EnsembleError(f"primary index {primary} out of range for {len(sources)} sources")
+    if sum(s.weight for s in sources) <= 0:
+        raise EnsembleError("the weights sum to 0")
+    base = sources[primary]
+    n = len(base.cells)
+    scores = np.zeros((len(sources), n, NUM_CLASSES))
+    present = np.zeros((len(sources), n), dtype=bool)
+    for s, source in enumerate(sources):
+        probs = source.cells[PROB_COLUMNS].to_numpy(dtype=np.float64)
+        if method == "rank":
+            probs = rank_scores(probs)
+        rows = np.arange(n) if s == primary else align(base, source, match, iou_threshold, progress)
+        ok = rows >= 0
+        scores[s, ok] = probs[rows[ok]]
+        present[s] = ok
+    if unmatched == "fill":
+        scores[~present] = fill_value
+        coverage = present.sum(axis=0)
+        present[:] = True
+    else:
+        coverage = present.sum(axis=0)
+    combined = combine(scores, [s.weight for s in sources], present, method=method)
+    out = base.cells.drop(columns=PROB_COLUMNS).copy()
+    out[PROB_COLUMNS] = combined
+    out["source"] = "ensemble"
+    out["n_sources"] = coverage
+    if unmatched == "drop":
+        keep = coverage == len(sources)
+        logger.info("unmatched=drop: %d of %d cells kept", int(keep.sum()), n)
+        out = out.loc[keep]
+    return out.reset_index(drop=True)
+
+
+def naive_cells_from_images(cells: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+    """The naive baseline: every cell gets its image's image-level probabilities.
+
+    ``cells``: any per-cell table (its probabilities are replaced); ``images``: ``image_id, p_0..p_18``
+    (duplicates averaged). Cells of images missing from ``images`` raise :class:`EnsembleError`.
+    """
+    image_probs = images.groupby("image_id", sort=False)[PROB_COLUMNS].mean()
+    missing = set(cells["image_id"]) - set(image_probs.index)
+    if missing:
+        raise EnsembleError(f"{len(missing)} image(s) of the cell table have no image-level row, "
+                            f"e.g. {sorted(missing)[0]}")
+    out = cells.drop(columns=PROB_COLUMNS).copy()
+    out[PROB_COLUMNS] = image_probs.loc[cells["image_id"]].to_numpy()
+    if "source" in out.columns:
+        out["source"] = "naive"
+    return out.reset_index(drop=True)
+
+
+__all__: Sequence[str] = [
+    "METHODS", "MATCH_MODES", "UNMATCHED_POLICIES", "IOU_THRESHOLD", "EnsembleError", "Source", "read_source",
+    "rank_scores", "combine", "greedy_match", "align", "ensemble", "naive_cells_from_images",
+]

@@ -16,7 +16,7 @@ all column-major runs of every label with one vectorised comparison and builds e
 COCO run-length counts from them, never materialising a per-cell full-size mask.
 
 Upscaling label maps: everywhere in hpa-wsss a working-scale label map is brought to the
-original image size by :func:`upscale_labels`, i.e. ``cv2.resize(..., interpolation=
+original image size by :func:`upscale_labels` (:func:`wsss.data.io.resize_labels`), i.e. ``cv2.resize(..., interpolation=
 cv2.INTER_NEAREST)``: output pixel ``(y, x)`` takes input pixel ``(floor(y / (H / h)),
 floor(x / (W / w)))`` (top-left aligned, *not* ``INTER_NEAREST_EXACT``'s centre alignment).
 Because the row and column mappings are independent, upscaling the transpose equals
@@ -39,6 +39,7 @@ import pandas as pd
 from pycocotools import mask as mask_utils
 
 from wsss.data.classes import NUM_CLASSES
+from wsss.data.io import nearest_index, resize_labels
 from wsss.schema import PROB_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -102,33 +103,15 @@ def load_label_maps(path: Path | str) -> LabelMaps:
 
 
 def upscale_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a label map to ``height x width`` by nearest neighbour with ``cv2.INTER_NEAREST`` semantics.
+    """Resize a label map to ``height x width`` with the project's nearest-neighbour rule.
 
-    Output pixel ``(y, x)`` is input pixel ``(floor(y / (height / h)), floor(x / (width / w)))``
-    (see :func:`nearest_index`). Returns the input itself when it already has that size. Works
-    for any integer dtype (dtypes OpenCV cannot resize are indexed with the same mapping in numpy).
+    See :func:`wsss.data.io.resize_labels` (``cv2.INTER_NEAREST`` semantics, mirrored by
+    :func:`wsss.data.io.nearest_index`); a map that is not 2-D raises :class:`SubmissionError`.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise SubmissionError(f"label map must be 2-D, got shape {labels.shape}")
-    h, w = labels.shape
-    if (h, w) == (height, width):
-        return labels
-    if labels.dtype in (np.uint8, np.uint16, np.int16, np.int32, np.float32):
-        return cv2.resize(labels, (int(width), int(height)), interpolation=cv2.INTER_NEAREST)
-    rows = nearest_index(h, height)
-    cols = nearest_index(w, width)
-    return labels[rows[:, None], cols[None, :]]
-
-
-def nearest_index(src: int, dst: int) -> np.ndarray:
-    """Source index of every destination index under ``cv2.INTER_NEAREST``.
-
-    OpenCV computes ``min(floor(i * (1 / (dst / src))), src - 1)`` in double precision (note the
-    reciprocal of the scale, which differs from ``i * src / dst`` by one for some sizes).
-    """
-    idx = np.floor(np.arange(dst) * (1.0 / (dst / src))).astype(np.int64)
-    return np.minimum(idx, src - 1)
+    try:
+        return resize_labels(labels, height, width)
+    except ValueError as exc:
+        raise SubmissionError(str(exc)) from None
 
 
 def _transposed_at(labels: np.ndarray, height: int, width: int) -> np.ndarray:

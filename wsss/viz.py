@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
+from wsss.data.io import resize_labels
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,9 +40,7 @@ def draw_outlines(rgb: np.ndarray, labels: np.ndarray, color: tuple[int, int, in
 
     ``labels`` is resized by nearest neighbour to the picture's size when the two differ.
     """
-    if labels.shape[:2] != rgb.shape[:2]:
-        labels = cv2.resize(labels.astype(np.int32).astype(np.float32), (rgb.shape[1], rgb.shape[0]),
-                            interpolation=cv2.INTER_NEAREST).astype(np.int64)
+    labels = resize_labels(labels, rgb.shape[0], rgb.shape[1])
     out = rgb.copy()
     out[outline_mask(labels)] = color
     return out

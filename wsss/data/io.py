@@ -188,3 +188,32 @@ def resize_rgby(rgby: np.ndarray, size: int) -> np.ndarray:
     shrink = rgby.shape[0] > size or rgby.shape[1] > size
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     return cv2.resize(rgby, (size, size), interpolation=interp)
+
+
+def nearest_index(src: int, dst: int) -> np.ndarray:
+    """Source index of every destination index of a nearest-neighbour resize from ``src`` to ``dst``.
+
+    The project's one rule for label maps (``cv2.INTER_NEAREST`` semantics, as OpenCV computes it:
+    ``min(floor(i * (1 / (dst / src))), src - 1)`` in double precision). For integer upscaling
+    factors (512 -> 2048 or 3072) every working pixel becomes an exact block.
+    """
+    idx = np.floor(np.arange(dst) * (1.0 / (dst / src))).astype(np.int64)
+    return np.minimum(idx, src - 1)
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a 2-D label map to ``height x width`` by nearest neighbour (see :func:`nearest_index`).
+
+    Every resize of a label map in the project goes through here (segmentation at the working
+    scale, precomputed masks, submission encoding, IoU matching), so all of them agree pixel for
+    pixel. Returns the input itself when it already has that size; keeps the dtype.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
+    h, w = labels.shape
+    if (h, w) == (int(height), int(width)):
+        return labels
+    if labels.dtype in (np.uint8, np.uint16, np.int16, np.int32, np.float32):
+        return cv2.resize(labels, (int(width), int(height)), interpolation=cv2.INTER_NEAREST)
+    return labels[nearest_index(h, int(height))[:, None], nearest_index(w, int(width))[None, :]]

@@ -1,0 +1,75 @@
+"""Segmentation parameters, every length and area given at a reference field of view.
+
+All sizes are expressed for a field of view sampled at :data:`REFERENCE_SIDE` = 2048 px (the
+most common HPA image size, the scale HPA-Cell-Segmentation's morphology is tuned for) and are
+converted to the working scale: lengths are multiplied by ``factor = working side / 2048`` and
+areas by ``factor ** 2``. So the same parameters run at 512 px (factor 0.25) or at full
+resolution (factor 1 or 1.5 for a 3072 px image).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+REFERENCE_SIDE: int = 2048
+
+
+@dataclass(frozen=True)
+class SegParams:
+    """Parameters of the weight-free segmentation (lengths in px, areas in px^2, at 2048 px).
+
+    Nuclei (blue channel):
+        nuc_sigma: Gaussian smoothing before thresholding.
+        nuc_threshold_scale: the nucleus threshold is this fraction of the Otsu threshold of
+            the smoothed blue channel (values below 1 keep dim nuclei of dense fields).
+        nuc_min_level: lowest allowed nucleus threshold (0-255 units), so a nearly empty image
+            does not turn its noise into nuclei.
+        nuc_min_area: smallest nucleus kept.
+        nuc_split_h: a distance-transform maximum seeds its own nucleus only when it rises this
+            many px above the saddle to a higher maximum (h-maxima); larger values split less.
+        nuc_split_ratio: two touching parts are kept apart only when the neck between them is
+            narrower than this fraction of the smaller part's radius (otherwise merged back,
+            which keeps lobed nuclei whole).
+    Cells (red + yellow cytoplasm):
+        cell_sigma: Gaussian smoothing of the cytoplasm signal.
+        cell_threshold_scale: the foreground threshold is ``background + scale * (otsu - background)``,
+            an image-derived level well below Otsu so dim cells are kept.
+        cell_background_percentile: percentile of the smoothed signal taken as ``background``.
+        cell_min_level: lowest allowed foreground threshold (0-255 units).
+        cell_close_radius: radius of the closing applied to the foreground.
+        cell_max_hole: largest background hole filled in the cell foreground (bigger gaps
+            enclosed by several cells stay background).
+        cell_min_area: smallest cell kept (its nucleus goes with it).
+        cell_distance_weight: weight of the distance to the nucleus in the watershed landscape
+            (0 = intensity only); balances bright against dim neighbours.
+    """
+
+    nuc_sigma: float = 6.0
+    nuc_threshold_scale: float = 0.5
+    nuc_min_level: float = 8.0
+    nuc_min_area: float = 2500.0
+    nuc_split_h: float = 12.0
+    nuc_split_ratio: float = 0.75
+    cell_sigma: float = 8.0
+    cell_threshold_scale: float = 0.15
+    cell_background_percentile: float = 5.0
+    cell_min_level: float = 4.0
+    cell_close_radius: float = 8.0
+    cell_max_hole: float = 4000.0
+    cell_min_area: float = 8000.0
+    cell_distance_weight: float = 0.25
+
+    def with_overrides(self, **kwargs: float) -> "SegParams":
+        """A copy with some fields replaced (unknown names raise ``TypeError``)."""
+        names = {f.name for f in fields(self)}
+        unknown = set(kwargs) - names
+        if unknown:
+            raise TypeError(f"unknown segmentation parameter(s): {sorted(unknown)}")
+        return replace(self, **kwargs)
+
+
+def scale_factor(shape: tuple[int, ...], reference_side: int = REFERENCE_SIDE) -> float:
+    """Linear factor from the reference field of view to an image of ``shape`` (H, W, ...)."""
+    side = math.sqrt(float(shape[0]) * float(shape[1]))
+    return side / float(reference_side)

@@ -1,0 +1,80 @@
+"""Whole weight-free segmentation of an RGBY image: nuclei, then cells seeded by them."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from hpa_seg.cells import segment_cells
+from hpa_seg.nuclei import segment_nuclei
+from hpa_seg.params import SegParams, scale_factor
+from hpa_seg.postprocess import apply_border_policy, make_consistent
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentationError(ValueError):
+    """Input that cannot be segmented (wrong shape or type)."""
+
+
+def to_working_scale(rgby: np.ndarray, size: int | None) -> np.ndarray:
+    """Validate an RGBY image (uint8 or uint16, H x W x 4) and resize it to ``size x size``.
+
+    ``uint16`` input is mapped to 8 bits over its full range; ``size=None`` keeps the
+    original resolution.
+    """
+    from wsss.data.io import resize_rgby, to_uint8
+
+    arr = np.asarray(rgby)
+    if arr.ndim != 3 or arr.shape[2] != 4 or min(arr.shape[:2]) == 0:
+        raise SegmentationError(f"expected an H x W x 4 RGBY image, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if arr.dtype != np.uint16 and not np.issubdtype(arr.dtype, np.floating):
+            raise SegmentationError(f"expected uint8, uint16 or float pixels, got {arr.dtype}")
+        arr = to_uint8(arr)
+    if size is not None:
+        if int(size) < 16:
+            raise SegmentationError(f"working size must be at least 16 px, got {size}")
+        arr = resize_rgby(arr, int(size))
+    return np.ascontiguousarray(arr)
+
+
+def segment(rgby: np.ndarray, size: int | None = 512, params: SegParams | None = None,
+            border: str = "keep") -> tuple[np.ndarray, np.ndarray]:
+    """Segment an RGBY image into ``(cells, nuclei)`` ``uint16`` label maps at the working scale.
+
+    Args:
+        rgby: ``H x W x 4`` image (red, green, blue, yellow), ``uint8`` or ``uint16``.
+        size: working side in px (the image is resized to ``size x size``); ``None`` = full
+            resolution. Size thresholds follow the scale (see :mod:`hpa_seg.params`).
+        params: segmentation parameters (defaults when ``None``).
+        border: ``"keep"`` or ``"drop"`` (remove cells touching the image border with their nuclei).
+
+    Returns:
+        ``(cells, nuclei)``: background 0, ids ``1..n``, nucleus ``i`` inside cell ``i``, every
+        cell holding a nucleus. An image without nuclei gives two all-zero maps.
+    """
+    params = params or SegParams()
+    img = to_working_scale(rgby, size)
+    factor = scale_factor(img.shape)
+    red, blue, yellow = img[:, :, 0], img[:, :, 2], img[:, :, 3]
+    nuclei = segment_nuclei(blue, params, factor)
+    cells = segment_cells(red, yellow, nuclei, params, factor)
+    cells, nuclei = make_consistent(cells, nuclei)
+    return apply_border_policy(cells, nuclei, border)
+
+
+def segment_with_masks(rgby: np.ndarray, mask_dir: str | os.PathLike[str], image_id: str, size: int | None = 512,
+                       params: SegParams | None = None, border: str = "keep") -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`segment`, but the cells (and nuclei, if present) come from precomputed masks.
+
+    The masks of ``image_id`` in ``mask_dir`` (see :mod:`hpa_seg.masks`) are resized to the
+    working scale by nearest neighbour; missing nuclei are taken from the blue channel.
+    """
+    from hpa_seg.masks import load_precomputed
+
+    img = to_working_scale(rgby, size)
+    cells, nuclei = load_precomputed(mask_dir, image_id, img.shape[:2], blue=img[:, :, 2], params=params)
+    return apply_border_policy(cells, nuclei, border)

@@ -1,0 +1,148 @@
+"""``wsss-infer --stage 1|2 --ckpt RUN --images DIR --masks DIR --out DIR``: per-cell prediction tables.
+
+Stage 1 scores every cell from the CAMs of one forward pass; stage 2 re-scores every cell from a
+crop. ``--fold k --folds folds.csv`` runs on fold ``k``'s validation ids (out-of-fold) and records
+the fold; ``{fold}`` in ``--ckpt`` is replaced by ``k``. Runs resume where they stopped; bad ids are
+listed in the summary. See docs/inference.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wsss.config import ConfigError, apply_overrides, load_config, merge, save_config
+
+logger = logging.getLogger(__name__)
+
+PROG = "wsss-infer"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``wsss-infer``."""
+    p = argparse.ArgumentParser(prog=PROG, description="Two-stage per-cell inference (CAM x masks; cell crops).")
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: CAM x cell masks; 2: cell crops")
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint file or run folder (best, else last); '{fold}' is replaced by --fold")
+    p.add_argument("--images", type=Path, required=True, help="prepared cache (manifest.csv) or Kaggle-layout folder")
+    p.add_argument("--masks", type=Path, required=True,
+                   help="label maps: {ID}.npz (wsss-segment), {ID}_cells.png (wsss-synth) or {ID}_predictedmask.png")
+    p.add_argument("--out", type=Path, required=True, help="output folder (tables, summary, pictures)")
+    p.add_argument("--fold", type=int, default=None, help="run on this fold's validation ids (needs --folds)")
+    p.add_argument("--folds", type=Path, default=None, help="folds CSV from wsss-folds (ID,Label,fold)")
+    p.add_argument("--ids", type=Path, default=None, help="text file with one id per line (default: all images)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N ids (quick checks)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default from config: cpu)")
+    p.add_argument("--batch-size", type=int, default=None, help="images (stage 1) or crops (stage 2) per forward")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    p.add_argument("--precision", choices=("32", "16", "bf16"), default=None, help="autocast precision")
+    p.add_argument("--tta", action="store_true", help="flip TTA (modes from tta_modes in the config)")
+    p.add_argument("--config", type=Path, default=None, help="YAML merged over the defaults (configs/infer.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set stage1.threshold=0.4 (repeatable)")
+    p.add_argument("--overlay", nargs="+", default=[], metavar="ID", help="also draw pictures for these ids")
+    p.add_argument("--overlay-only", action="store_true", help="only draw the --overlay pictures, no tables")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then ``--config``, then ``--set``, then the dedicated flags."""
+    from wsss.infer.settings import default_config
+
+    cfg = default_config()
+    if args.config is not None:
+        cfg = merge(cfg, load_config(args.config))
+    cfg = apply_overrides(cfg, args.overrides)
+    for key, value in (("device", args.device), ("batch_size", args.batch_size), ("workers", args.workers),
+                       ("precision", args.precision)):
+        if value is not None:
+            cfg[key] = value
+    if args.tta:
+        cfg["tta"] = True
+    return cfg
+
+
+def select_ids(args: argparse.Namespace, all_ids: list[str]) -> list[str]:
+    """Ids to run: fold ``k``'s validation ids, an ``--ids`` file, or every image; then ``--limit``."""
+    from wsss.data.folds import read_folds
+
+    if args.fold is not None:
+        if args.folds is None:
+            raise ConfigError("--fold needs --folds folds.csv")
+        folds = read_folds(args.folds)
+        ids = folds.loc[folds["fold"] == args.fold, "ID"].astype(str).tolist()
+        if not ids:
+            raise ConfigError(f"{args.folds}: fold {args.fold} has no ids (folds: {sorted(folds['fold'].unique())})")
+    elif args.ids is not None:
+        if not args.ids.is_file():
+            raise ConfigError(f"{args.ids}: ids file not found")
+        ids = [line.strip() for line in args.ids.read_text().splitlines() if line.strip()]
+    else:
+        ids = all_ids
+    return ids[: args.limit] if args.limit else ids
+
+
+def _run(args: argparse.Namespace) -> int:
+    from wsss.infer.runner import render_overlays, run_stage1, run_stage2
+    from wsss.infer.settings import build_settings, resolve_checkpoint
+    from wsss.infer.sources import ImageSource, MaskSource
+    from wsss.train.checkpoint import load_model_from_checkpoint
+
+    cfg = resolve_config(args)
+    ckpt = resolve_checkpoint(args.ckpt, args.fold)
+    model, model_cfg = load_model_from_checkpoint(ckpt, device=str(cfg["device"]))
+    images = ImageSource(args.images)
+    masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
+    settings = build_settings(cfg, args.out, args.stage, model_cfg,
+                              fold=-1 if args.fold is None else args.fold,
+                              run_info={"ckpt": str(ckpt.resolve())})
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_config({**cfg, "resolved": {"ckpt": str(ckpt.resolve()), "input_size": settings.input_size,
+                                     "mean": list(settings.mean), "std": list(settings.std),
+                                     "source": settings.source, "fold": settings.fold}},
+                args.out / f"config_stage{args.stage}.yaml")
+    if not args.overlay_only:
+        ids = select_ids(args, images.list_ids())
+        runner = run_stage1 if args.stage == 1 else run_stage2
+        summary = runner(model, ids, images, masks, settings)
+        print(f"{PROG}: stage {args.stage} ({settings.source}, fold {settings.fold}): "
+              f"{len(summary.processed)} images, {summary.n_cells} cells in {summary.seconds:.1f}s; "
+              f"{summary.already_done} already done; {len(summary.skipped)} skipped")
+        for image_id, reason in summary.skipped:
+            print(f"  skipped {image_id}: {reason}")
+        for name, path in summary.outputs.items():
+            print(f"  {name}: {path}")
+    if args.overlay:
+        pics = render_overlays(model, args.overlay, images, masks, settings, args.stage,
+                               top=int(cfg["overlay"]["top_labels"]), min_prob=float(cfg["overlay"]["min_prob"]))
+        for path in pics:
+            print(f"  picture: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``wsss-infer``; setup errors print one line and exit 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from wsss.data.folds import FoldsError
+    from wsss.infer.crops import CropError
+    from wsss.infer.runner import RunError
+    from wsss.infer.scoring import ScoringError
+    from wsss.infer.tables import TableError
+    from wsss.train.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except (ConfigError, FoldsError, CropError, RunError, ScoringError, TableError, CheckpointError,
+            FileNotFoundError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Stage-1 and stage-2 drivers: read images and label maps, run the model, write the tables.
+
+Both drivers take a model object (anything whose ``forward(x)`` returns ``(logits, cams)``), so
+they run the same with a real checkpoint (:func:`wsss.cli.infer.main`) and a test module.
+
+* Stage 1 (:func:`run_stage1`): images resized to the model's input size and normalised with the
+  checkpoint's mean/std go through the network in batches (flip TTA views in the same batch);
+  the sigmoid gives the image-level table, the normalised CAMs times each image's label map give
+  the per-cell table (:mod:`wsss.infer.scoring`).
+* Stage 2 (:func:`run_stage2`): every cell is cropped from the normalised image at its own
+  resolution (:mod:`wsss.infer.crops`); the crops of ``images_per_batch`` images are pooled and
+  sent through the network ``batch_size`` crops at a time; the sigmoid of each crop is its row.
+
+Reading, label-map indexing, crop extraction (stage 2) and the cell footprints (stage 1) run in
+the DataLoader workers; a failing id (missing/corrupt image or label map) comes back as a failure
+record, is logged on one line, listed in the summary and in ``skipped_{tag}.csv``, and the run
+goes on. Results are written every ``chunk_images`` images through :class:`~wsss.infer.tables.PartWriter`,
+so a killed run resumes by skipping the ids of finished chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsss.data.dataset import normalize
+from wsss.data.io import atomic_write_bytes, resize_rgby
+from wsss.infer.cams import autocast_context, check_tta, flip, forward_cams
+from wsss.infer.crops import CropParams, extract_crops
+from wsss.infer.scoring import CellIndex, ScoreParams, cell_footprints, cell_measures, cell_probabilities, index_cells
+from wsss.infer.sources import ImageSource, InputError, MaskSource
+from wsss.infer.tables import PartWriter, cell_frame, image_frame
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """A whole run that cannot start (conflicting output folder, bad settings)."""
+
+
+@dataclass
+class InferSettings:
+    """Everything a stage driver needs besides the model, the ids and the sources."""
+
+    out_dir: Path
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 8
+    workers: int = 0
+    precision: str = "32"
+    tta: tuple[str, ...] = ()
+    chunk_images: int = 64
+    source: str = "stage1"
+    fold: int = -1
+    mask_working_size: int | None = 512
+    score: ScoreParams = field(default_factory=ScoreParams)
+    crop: CropParams = field(default_factory=CropParams)
+    crop_image_size: int | None = None
+    images_per_batch: int = 8
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """What a stage run did."""
+
+    stage: int
+    requested: int
+    already_done: int
+    processed: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    n_cells: int = 0
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (skipped as ``[{id, reason}]``)."""
+        out = asdict(self)
+        out["skipped"] = [{"image_id": i, "reason": r} for i, r in self.skipped]
+        out["n_processed"] = len(self.processed)
+        out["n_skipped"] = len(self.skipped)
+        return out
+
+
+def _light(cells: CellIndex) -> CellIndex:
+    """The cell index without its per-pixel arrays (cheap to send between processes)."""
+    z = np.zeros(0, dtype=np.int64)
+    return CellIndex(ids=cells.ids, area=cells.area, boxes=cells.boxes, border=cells.border,
+                     shape=cells.shape, pix_y=z, pix_x=z, pix_k=z)
+
+
+class _Items(Dataset):
+    """Per-id inputs of a stage; a failing id yields ``{"ok": False, "error": ...}``."""
+
+    def __init__(self, ids: Sequence[str], images: ImageSource, masks: MaskSource, settings: InferSettings,
+                 stage: int, cam_hw: tuple[int, int] | None = None) -> None:
+        self.ids = list(ids)
+        self.images = images
+        self.masks = masks
+        self.s = settings
+        self.stage = stage
+        self.cam_hw = cam_hw
+        self.raw_zero = [-m / d for m, d in zip(settings.mean, settings.std)]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image_id = self.ids[i]
+        try:
+            return self._load(image_id)
+        except InputError as exc:
+            return {"id": image_id, "ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - one bad id must not end the run; reported by id
+            logger.debug("failure on %s", image_id, exc_info=True)
+            return {"id": image_id, "ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+
+    def _load(self, image_id: str) -> dict[str, Any]:
+        rgby, orig_h, orig_w = self.images.read(image_id)
+        maps = self.masks.load(image_id, (orig_h, orig_w))
+        cells = index_cells(maps.cells)
+        item: dict[str, Any] = {"id": image_id, "ok": True, "orig_hw": (orig_h, orig_w),
+                                "mask_path": str(maps.path.resolve())}
+        if self.stage == 1:
+            item["image"] = normalize(resize_rgby(rgby, self.s.input_size), self.s.mean, self.s.std)
+            item["footprints"] = cell_footprints(cells, self.cam_hw) if self.cam_hw else None
+            item["cells"] = _light(cells) if self.cam_hw else cells
+        else:
+            src = rgby if not self.s.crop_image_size else resize_rgby(rgby, int(self.s.crop_image_size))
+            image = normalize(src, self.s.mean, self.s.std)
+            crops, _ = extract_crops(image, maps.cells, cells, self.s.crop, self.raw_zero)
+            item["crops"] = crops
+            item["cells"] = _light(cells)
+        return item
+
+
+def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=max(1, batch_size), shuffle=False, num_workers=max(0, workers),
+                      collate_fn=_collate, persistent_workers=False)
+
+
+def _check_run_info(out_dir: Path, tag: str, info: dict[str, Any]) -> None:
+    """Refuse to resume into a folder written with another fold/source; record this run's identity."""
+    path = out_dir / f"run_{tag}.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        for key in ("fold", "source"):
+            if key in old and old[key] != info.get(key):
+                raise RunError(f"{out_dir}: holds a {tag} run with {key}={old[key]!r}, not {info.get(key)!r}; "
+                               f"use another --out")
+    atomic_write_bytes(path, json.dumps(info, indent=2, default=str).encode())
+
+
+def _select(ids: Sequence[str], writer: PartWriter) -> tuple[list[str], int]:
+    done = writer.finished_ids()
+    todo = [i for i in dict.fromkeys(str(x) for x in ids) if i not in done]
+    return todo, len(set(ids) & done)
+
+
+def _finish(summary: RunSummary, writer: PartWriter, out_dir: Path, tag: str, started: float) -> RunSummary:
+    summary.outputs = {k: str(v) for k, v in writer.consolidate().items()}
+    summary.seconds = round(time.perf_counter() - started, 3)
+    skipped = pd.DataFrame(summary.skipped, columns=["image_id", "reason"])
+    atomic_write_bytes(out_dir / f"skipped_{tag}.csv", skipped.to_csv(index=False).encode())
+    atomic_write_bytes(out_dir / f"summary_{tag}.json", json.dumps(summary.to_dict(), indent=2).encode())
+    return summary
+
+
+def probe_cam_size(model: nn.Module, input_size: int, device: torch.device) -> tuple[int, int]:
+    """CAM resolution ``(h, w)`` of ``model`` for a square ``input_size`` input (one tiny forward)."""
+    with torch.inference_mode():
+        _, cams = model(torch.zeros(1, 4, input_size, input_size, device=device))
+    return int(cams.shape[-2]), int(cams.shape[-1])
+
+
+class _Chunk:
+    """Rows of finished images waiting to be written as one part."""
+
+    def __init__(self) -> None:
+        self.cells: list[pd.DataFrame] = []
+        self.images: list[pd.DataFrame] = []
+        self.done: list[tuple[str, int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+    def flush(self, writer: PartWriter) -> None:
+        if not self.done:
+            return
+        frames = {"cells": pd.concat(self.cells, ignore_index=True) if self.cells else None,
+                  "images": pd.concat(self.images, ignore_index=True) if self.images else None}
+        done = pd.DataFrame(self.done, columns=["image_id", "fold", "n_cells"])
+        writer.write({k: v for k, v in frames.items() if v is not None}, done)
+        self.__init__()
+
+
+def _record_failures(batch: list[dict[str, Any]], summary: RunSummary) -> list[dict[str, Any]]:
+    ok = []
+    for item in batch:
+        if item["ok"]:
+            ok.append(item)
+        else:
+            logger.warning("skipped %s: %s", item["id"], item["error"])
+            summary.skipped.append((item["id"], item["error"]))
+    return ok
+
+
+def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
+               settings: InferSettings) -> RunSummary:
+    """Stage 1 over ``ids`` (resumable); writes ``cells_stage1`` / ``images_stage1`` tables."""
+    started = time.perf_counter()
+    out_dir = Path(settings.out_dir)
+    tta = check_tta(settings.tta)
+    _check_run_info(out_dir, "stage1", {"stage": 1, "fold": settings.fold, "source": settings.source,
+                                        **settings.run_info})
+    writer = PartWriter(out_dir, "stage1", ("cells", "images"))
+    todo, done_before = _select(ids, writer)
+    summary = RunSummary(stage=1, requested=len(set(ids)), already_done=done_before)
+    if done_before:
+        logger.info("stage 1: %d ids already done, %d to go", done_before, len(todo))
+    model.eval()
+    cam_hw = probe_cam_size(model, settings.input_size, settings.device)
+    dataset = _Items(todo, images, masks, settings, stage=1, cam_hw=cam_hw)
+    chunk = _Chunk()
+    for batch in tqdm(_loader(dataset, settings.batch_size, settings.workers), desc="stage 1",
+                      total=(len(todo) + settings.batch_size - 1) // max(1, settings.batch_size), unit="batch"):
+        ok = _record_failures(batch, summary)
+        if not ok:
+            continue
+        x = torch.stack([it["image"] for it in ok]).to(settings.device)
+        probs, cams = forward_cams(model, x, tta, settings.precision)
+        probs_np = probs.cpu().numpy()
+        for j, item in enumerate(ok):
+            overlap, magnitude = cell_measures(item["footprints"], cams[j], settings.score.threshold)
+            cell_p = cell_probabilities(overlap, magnitude, probs_np[j], settings.score)
+            cells: CellIndex = item["cells"]
+            chunk.cells.append(cell_frame(item["id"], settings.source, settings.fold, cells, cell_p,
+                                          item["orig_hw"], item["mask_path"]))
+            chunk.images.append(image_frame([item["id"]], settings.source, settings.fold, probs_np[j:j + 1]))
+            chunk.done.append((item["id"], settings.fold, cells.num_cells))
+            summary.processed.append(item["id"])
+            summary.n_cells += cells.num_cells
+        if len(chunk) >= settings.chunk_images:
+            chunk.flush(writer)
+    chunk.flush(writer)
+    return _finish(summary, writer, out_dir, "stage1", started)
+
+
+@torch.inference_mode()
+def forward_probs(model: nn.Module, x: torch.Tensor, tta: Sequence[str] = (), precision: str = "32") -> torch.Tensor:
+    """Sigmoid probabilities ``B x C`` of a batch, averaged over flip TTA views (one forward pass)."""
+    modes = check_tta(tta)
+    batch = torch.cat([x] + [flip(x, m) for m in modes], dim=0) if modes else x
+    with autocast_context(batch.device, precision):
+        logits, _ = model(batch)
+    return torch.sigmoid(logits.float()).reshape(len(modes) + 1, x.shape[0], -1).mean(dim=0)
+
+
+def _score_crops(model: nn.Module, crops: torch.Tensor, settings: InferSettings, tta: tuple[str, ...]) -> np.ndarray:
+    """Probabilities ``N x C`` of ``N`` crops, ``batch_size`` crops per forward pass."""
+    outs = []
+    step = max(1, settings.batch_size)
+    for start in range(0, crops.shape[0], step):
+        part = crops[start:start + step].to(settings.device)
+        outs.append(forward_probs(model, part, tta, settings.precision).cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def run_stage2(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
+               settings: InferSettings) -> RunSummary:
+    """Stage 2 over ``ids`` (resumable); writes the ``cells_stage2`` table."""
+    started = time.perf_counter()
+    out_dir = Path(settings.out_dir)
+    tta = check_tta(settings.tta)
+    _check_run_info(out_dir, "stage2", {"stage": 2, "fold": settings.fold, "source": settings.source,
+                                        **settings.run_info})
+    writer = PartWriter(out_dir, "stage2", ("cells",))
+    todo, done_before = _select(ids, writer)
+    summary = RunSummary(stage=2, requested=len(set(ids)), already_done=done_before)
+    if done_before:
+        logger.info("stage 2: %d ids already done, %d to go", done_before, len(todo))
+    model.eval()
+    dataset = _Items(todo, images, masks, settings, stage=2)
+    chunk = _Chunk()
+    per = max(1, settings.images_per_batch)
+    for batch in tqdm(_loader(dataset, per, settings.workers), desc="stage 2",
+                      total=(len(todo) + per - 1) // per, unit="batch"):
+        ok = _record_failures(batch, summary)
+        if not ok:
+            continue
+        counts = [it["crops"].shape[0] for it in ok]
+        crops = torch.cat([it["crops"] for it in ok]) if sum(counts) else None
+        probs = _score_crops(model, crops, settings, tta) if crops is not None else np.zeros((0, 19))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        for j, item in enumerate(ok):
+            cells: CellIndex = item["cells"]
+            chunk.cells.append(cell_frame(item["id"], settings.source, settings.fold, cells,
+                                          probs[offsets[j]:offsets[j + 1]], item["orig_hw"], item["mask_path"]))
+            chunk.done.append((item["id"], settings.fold, cells.num_cells))
+            summary.processed.append(item["id"])
+            summary.n_cells += cells.num_cells
+        if len(chunk) >= settings.chunk_images:
+            chunk.flush(writer)
+    chunk.flush(writer)
+    return _finish(summary, writer, out_dir, "stage2", started)
+
+
+def render_overlays(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
+                    settings: InferSettings, stage: int, top: int = 2, min_prob: float = 0.1) -> list[Path]:
+    """Pictures for ``ids`` in ``OUT/overlays/``: cell labels (both stages), CAM grid (stage 1), crops (stage 2).
+
+    The scores are recomputed with the run's settings, so they equal the table's rows.
+    """
+    from wsss.infer.cams import resize_cams
+    from wsss.infer.overlay import cell_label_picture, crop_sheet, save_cam_grid, save_picture
+
+    out = Path(settings.out_dir) / "overlays"
+    tta = check_tta(settings.tta)
+    written: list[Path] = []
+    model.eval()
+    raw_zero = [-m / d for m, d in zip(settings.mean, settings.std)]
+    for image_id in ids:
+        try:
+            rgby, orig_h, orig_w = images.read(image_id)
+            maps = masks.load(image_id, (orig_h, orig_w))
+        except InputError as exc:
+            logger.warning("overlay %s skipped: %s", image_id, exc)
+            continue
+        cells = index_cells(maps.cells)
+        if stage == 1:
+            x = normalize(resize_rgby(rgby, settings.input_size), settings.mean, settings.std)[None]
+            probs, cams = forward_cams(model, x.to(settings.device), tta, settings.precision)
+            fp = cell_footprints(cells, tuple(cams.shape[-2:]))
+            cell_p = cell_probabilities(*cell_measures(fp, cams[0], settings.score.threshold),
+                                        probs[0].cpu().numpy(), settings.score)
+            written.append(save_cam_grid(out / f"{image_id}_stage1_cams.png", rgby,
+                                         resize_cams(cams[0], maps.cells.shape), probs[0].cpu().numpy(),
+                                         labels=maps.cells, title=f"{image_id} stage 1 ({settings.source})"))
+        else:
+            src = rgby if not settings.crop_image_size else resize_rgby(rgby, int(settings.crop_image_size))
+            crops, _ = extract_crops(normalize(src, settings.mean, settings.std), maps.cells, cells,
+                                     settings.crop, raw_zero)
+            cell_p = _score_crops(model, crops, settings, tta) if crops.shape[0] else np.zeros((0, 19))
+            written.append(save_picture(out / f"{image_id}_stage2_crops.png",
+                                        crop_sheet(crops, cell_p, settings.mean, settings.std)))
+        pic = cell_label_picture(rgby, maps.cells, cells.ids, cell_p, top=top, min_prob=min_prob)
+        written.append(save_picture(out / f"{image_id}_stage{stage}_cells.png", pic))
+    return written

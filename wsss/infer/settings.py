@@ -1,0 +1,92 @@
+"""Inference configuration: code defaults (mirrored by ``configs/infer.yaml``), checkpoint lookup,
+and turning a resolved config into :class:`~wsss.infer.runner.InferSettings`."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
+from wsss.infer.cams import PRECISIONS, check_tta
+from wsss.infer.crops import CropParams
+from wsss.infer.runner import InferSettings, RunError
+from wsss.infer.scoring import ScoreParams
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "device": "cpu",
+    "batch_size": 8,
+    "workers": 2,
+    "precision": "32",
+    "tta": False,
+    "tta_modes": ["hflip", "vflip"],
+    "chunk_images": 64,
+    "source": None,
+    "masks": {"working_size": 512},
+    "stage1": {"input_size": None, "threshold": 0.3, "overlap_weight": 0.5, "combine": "geometric",
+               "negative_floor": 0.1, "image_negative": True, "cam_weight": 0.5},
+    "stage2": {"size": 128, "margin": 0.1, "min_side": 8, "blank": "raw", "antialias": True, "image_size": None,
+               "images_per_batch": 8},
+    "overlay": {"top_labels": 2, "min_prob": 0.1},
+}
+CHECKPOINT_NAMES: tuple[str, ...] = ("best.safetensors", "last.safetensors")
+
+
+def default_config() -> dict[str, Any]:
+    """A fresh copy of :data:`DEFAULTS`."""
+    return copy.deepcopy(DEFAULTS)
+
+
+def resolve_checkpoint(ckpt: str | Path, fold: int | None = None) -> Path:
+    """The weights file of ``ckpt`` (a file, or a run folder -> ``best`` else ``last``).
+
+    ``{fold}`` in the path is replaced by ``fold`` (``runs/fold{fold}`` for per-fold models).
+    """
+    text = str(ckpt)
+    if "{fold}" in text:
+        if fold is None:
+            raise RunError(f"--ckpt {text} contains {{fold}} but no --fold was given")
+        text = text.replace("{fold}", str(fold))
+    path = Path(text)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise RunError(f"{path}: no {' or '.join(CHECKPOINT_NAMES)} in this run folder")
+    raise RunError(f"{path}: checkpoint not found")
+
+
+def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg: Mapping[str, Any],
+                   fold: int = -1, run_info: Mapping[str, Any] | None = None) -> InferSettings:
+    """Settings of a run from the resolved inference config and the checkpoint's training config."""
+    data = dict(model_cfg.get("data", {}) or {})
+    model_name = str((model_cfg.get("model", {}) or {}).get("name", "model"))
+    input_size = cfg["stage1"].get("input_size") or data.get("size") or 512
+    precision = str(cfg["precision"])
+    if precision not in PRECISIONS:
+        raise RunError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    tta = check_tta(cfg["tta_modes"]) if cfg.get("tta") else ()
+    device = torch.device(str(cfg["device"]))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda requested but CUDA is not available")
+    stage2 = cfg["stage2"]
+    return InferSettings(
+        out_dir=Path(out_dir), input_size=int(input_size),
+        mean=tuple(float(v) for v in (data.get("mean") or DEFAULT_MEAN)),
+        std=tuple(float(v) for v in (data.get("std") or DEFAULT_STD)),
+        device=device, batch_size=int(cfg["batch_size"]), workers=int(cfg["workers"]), precision=precision,
+        tta=tta, chunk_images=int(cfg["chunk_images"]),
+        source=str(cfg.get("source") or f"stage{stage}:{model_name}"), fold=int(fold),
+        mask_working_size=cfg["masks"].get("working_size"),
+        score=ScoreParams.from_mapping(cfg["stage1"]), crop=CropParams.from_mapping(stage2),
+        crop_image_size=stage2.get("image_size"), images_per_batch=int(stage2.get("images_per_batch", 8)),
+        run_info=dict(run_info or {}),
+    )

@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "masks": {"working_size": 512},
     "stage1": {"input_size": None, "threshold": 0.3, "overlap_weight": 0.5, "combine": "geometric",
                "negative_floor": 0.1, "image_negative": True, "cam_weight": 0.5},
-    "stage2": {"size": 128, "margin": 0.1, "min_side": 8, "blank": "raw", "antialias": True, "image_size": None,
+    "stage2": {"size": "auto", "margin": 0.1, "min_side": 8, "blank": "raw", "antialias": True, "image_size": None,
                "images_per_batch": 8},
     "overlay": {"top_labels": 2, "min_prob": 0.1},
 }
@@ -64,6 +64,25 @@ def resolve_checkpoint(ckpt: str | Path, fold: int | None = None) -> Path:
     raise RunError(f"{path}: checkpoint not found")
 
 
+def crop_side(size: Any, input_size: int) -> int:
+    """The stage-2 crop side: an explicit number, or ``auto`` = a quarter of the model's input side.
+
+    ``auto`` rounds ``input_size / 4`` to a multiple of 32 (at least 32): at the scale a model was
+    trained on, an HPA cell's box spans roughly a quarter of the image side (about 128 px in a
+    512 px field of view, about 64 px in the 256 px synthetic images), so the crop shows the cell
+    at the scale the model learnt.
+    """
+    if size is None or str(size).lower() == "auto":
+        return max(32, int(round(input_size / 4 / 32)) * 32)
+    try:
+        side = int(size)
+    except (TypeError, ValueError):
+        raise RunError(f"stage2.size must be a number of pixels or 'auto', got {size!r}") from None
+    if side < 8:
+        raise RunError(f"stage2.size must be at least 8 px, got {side}")
+    return side
+
+
 def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg: Mapping[str, Any],
                    fold: int = -1, run_info: Mapping[str, Any] | None = None) -> InferSettings:
     """Settings of a run from the resolved inference config and the checkpoint's training config."""
@@ -77,7 +96,8 @@ def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg:
     device = torch.device(str(cfg["device"]))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda requested but CUDA is not available")
-    stage2 = cfg["stage2"]
+    stage2 = dict(cfg["stage2"])
+    stage2["size"] = crop_side(stage2.get("size"), int(input_size))
     return InferSettings(
         out_dir=Path(out_dir), input_size=int(input_size),
         mean=tuple(float(v) for v in (data.get("mean") or DEFAULT_MEAN)),

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Time a Puzzle-CAM training step against a plain classifier step on the same batch.
+
+Puzzle-CAM step: full image + its 2x2 tiles through the network, ComboLoss, backward, Adam step.
+Plain step: the full image only, BCE on the logits, backward, Adam step (a regular classifier).
+The two kinds of step (and the ``--variants``) are interleaved round-robin on the same batch
+(random data at the config's size) so that machine load affects all alike; the medians over
+``--steps`` repetitions are compared, and the range of the per-repetition ratio is shown. Everything printed is measured in this run.
+
+    python scripts/bench_train.py                       # cpu_tiny (its batch) and seresnext50 at 512, batch 2
+    python scripts/bench_train.py --variants 32 bf16 bf16+cl --configs configs/cpu_tiny.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from wsss.config import load_config, merge
+from wsss.losses import ComboLoss, bce_term
+from wsss.models import build_model
+from wsss.train.amp import AmpSettings, autocast, resolve_precision
+from wsss.train.defaults import default_config
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=[str(ROOT / "configs/cpu_tiny.yaml"),
+                                                      str(ROOT / "configs/seresnext50_512.yaml")])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[0, 2],
+                   help="batch per config (0 = the config's batch size); default: 0 (tiny) and 2 (seresnext50)")
+    p.add_argument("--variants", nargs="+", default=["config"],
+                   help="precision variants: config (the config's own), 32, bf16, 16; add +cl for channels_last")
+    p.add_argument("--steps", type=int, default=3, help="timed repetitions of each step kind (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default 1)")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def _plain_step(model, opt, x, y, amp: AmpSettings) -> None:
+    opt.zero_grad(set_to_none=True)
+    with autocast(amp):
+        logits, _ = model(x)
+    bce_term(logits, y).backward()
+    opt.step()
+
+
+def _puzzle_step(model, opt, x, y, amp: AmpSettings, crit: ComboLoss) -> None:
+    opt.zero_grad(set_to_none=True)
+    with autocast(amp):
+        out = model(x, puzzle=True)
+    crit(out, y).total.backward()
+    opt.step()
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _setup(cfg: dict, batch: int, variant: str, device: torch.device) -> dict:
+    """Model, optimizer, batch and AMP settings of one variant (same seed: same weights and data)."""
+    channels_last = variant.endswith("+cl") or (variant == "config" and bool(cfg["train"].get("channels_last")))
+    precision = cfg["train"]["precision"] if variant.startswith("config") else variant.removesuffix("+cl")
+    amp = resolve_precision(precision, device)
+    torch.manual_seed(0)
+    m = cfg["model"]
+    model = build_model(m["name"], output_stride=m.get("output_stride"), grid=int(m.get("puzzle_grid", 2))).to(device)
+    size = int(cfg["data"]["size"])
+    x = torch.randn(batch, 4, size, size, device=device)
+    y = (torch.rand(batch, 19, device=device) < 0.15).float()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    return {"model": model, "opt": torch.optim.Adam(model.parameters(), lr=1e-4), "x": x, "y": y, "amp": amp,
+            "name": m["name"], "size": size, "batch": batch, "precision": amp.name + ("+cl" if channels_last else ""),
+            "plain": [], "puzzle": []}
+
+
+def bench(cfg: dict, batch: int, variants: Sequence[str], steps: int, warmup: int, device: torch.device) -> list[dict]:
+    """Median seconds of a plain and a Puzzle-CAM step for each variant, measured round-robin."""
+    setups = [_setup(cfg, batch, v, device) for v in variants]
+    crit = ComboLoss()
+    for rep in range(warmup + steps):
+        for s in setups:
+            tp = _timed(lambda: _plain_step(s["model"], s["opt"], s["x"], s["y"], s["amp"]))
+            tz = _timed(lambda: _puzzle_step(s["model"], s["opt"], s["x"], s["y"], s["amp"], crit))
+            if rep >= warmup:
+                s["plain"].append(tp)
+                s["puzzle"].append(tz)
+    rows = []
+    for s in setups:
+        tp, tz = statistics.median(s["plain"]), statistics.median(s["puzzle"])
+        rows.append({"model": s["name"], "size": s["size"], "batch": s["batch"], "precision": s["precision"],
+                     "plain_s": tp, "puzzle_s": tz, "ratio": tz / tp, "plain_ms_img": 1e3 * tp / s["batch"],
+                     "puzzle_ms_img": 1e3 * tz / s["batch"],
+                     "ratio_range": (min(z / p for z, p in zip(s["puzzle"], s["plain"])),
+                                     max(z / p for z, p in zip(s["puzzle"], s["plain"])))})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.device(args.device)
+    batches = list(args.batch_sizes) + [0] * max(0, len(args.configs) - len(args.batch_sizes))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps of each kind (median)")
+    header = (f"{'config':<22}{'model':<20}{'size':>5}{'batch':>6} {'precision':<10}{'plain s':>9}{'puzzle s':>9}"
+              f"{'ratio':>7}{'plain ms/img':>13}{'puzzle ms/img':>14}   ratio range")
+    print(header)
+    for path, batch in zip(args.configs, batches):
+        cfg = merge(default_config(), load_config(path))
+        b = batch or int(cfg["train"]["batch_size"])
+        for r in bench(cfg, b, args.variants, args.steps, args.warmup, device):
+            lo, hi = r["ratio_range"]
+            print(f"{Path(path).stem:<22}{r['model']:<20}{r['size']:>5}{r['batch']:>6} {r['precision']:<10}"
+                  f"{r['plain_s']:>9.3f}{r['puzzle_s']:>9.3f}{r['ratio']:>7.2f}{r['plain_ms_img']:>13.1f}"
+                  f"{r['puzzle_ms_img']:>14.1f}   {lo:.2f}-{hi:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``wsss-train --config configs/X.yaml --fold 0``: train a Puzzle-CAM classifier on one fold.
+
+Config resolution: built-in defaults (:mod:`wsss.train.defaults`) <- the YAML file <- every
+``--set key.sub=value`` <- the shortcut flags (``--epochs``, ``--batch-size``, ``--lr``,
+``--precision``, ``--device``, ``--out``, ``--cache``, ``--folds``). The resolved config is saved
+as ``{out}/config.yaml``. Multi-GPU/multi-node: launch the same command under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wsss.config import ConfigError, apply_overrides, load_config, merge
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``wsss-train``."""
+    p = argparse.ArgumentParser(prog="wsss-train", description="Train a Puzzle-CAM classifier (ComboLoss) on one fold.")
+    p.add_argument("--config", type=Path, required=True, help="experiment YAML (e.g. configs/seresnext50_512.yaml)")
+    p.add_argument("--fold", type=int, default=0, help="validation fold of folds.csv (default 0)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size (per process)")
+    p.add_argument("--lr", type=float, help="override train.lr")
+    p.add_argument("--precision", choices=["16", "bf16", "32"], help="16: fp16 on CUDA / bf16 on CPU; bf16; 32: off")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--cache", help="override data.cache (wsss-prepare output folder)")
+    p.add_argument("--folds", help="override data.folds (wsss-folds output CSV)")
+    p.add_argument("--out", help="run folder (override train.out; {name}, {model}, {fold} are filled in)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="continue {out}/last.safetensors (or CKPT); starts fresh if there is none yet")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set loss.w_rec=0.5 (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults <- YAML <- ``--set`` <- shortcut flags."""
+    from wsss.train.defaults import default_config
+
+    cfg = merge(default_config(), load_config(args.config))
+    cfg = apply_overrides(cfg, args.overrides)
+    shortcuts = {
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+        "train.precision": args.precision, "train.device": args.device, "train.out": args.out,
+        "data.cache": args.cache, "data.folds": args.folds,
+    }
+    cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in shortcuts.items() if v is not None])
+    if args.precision is not None:
+        cfg["train"]["precision"] = str(args.precision)
+    if args.quiet:
+        cfg["train"]["progress"] = False
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``wsss-train``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from wsss.train.checkpoint import CheckpointError
+    from wsss.train.loop import TrainError, fit
+
+    try:
+        cfg = resolve_config(args)
+        summary = fit(cfg, args.fold, resume=args.resume)
+    except (ConfigError, TrainError, CheckpointError) as exc:
+        print(f"wsss-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wsss-train: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    if rank != 0:
+        return 0
+    print(f"wsss-train: {summary['epochs']} epochs -> {summary['out']}  best epoch {summary['best_epoch']} "
+          f"(val ComboLoss {summary['best_val_loss']:.4f})  last val macro mAP {summary['val_map']:.4f} "
+          f"(chance {summary['val_map_chance']:.4f})  macro F1 {summary['val_f1']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Scores: image-level (:mod:`wsss.metrics.image`) and per-cell metrics."""

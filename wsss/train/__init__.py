@@ -1,0 +1,1 @@
+"""Training: ComboLoss loop with AMP, checkpoints, DDP and logs (entry point :func:`wsss.train.loop.fit`)."""

@@ -1,0 +1,65 @@
+"""Default training config (the writeup's settings); YAML configs and CLI overrides merge onto it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "name": "puzzlecam",
+    "data": {
+        "cache": "data/cache",  # wsss-prepare output: {cache}/{ID}.png + manifest.csv
+        "folds": "data/folds.csv",  # wsss-folds output: ID,Label,fold
+        "size": 512,  # training side; cache images of another size are resized on the fly
+        "mean": list(DEFAULT_MEAN),
+        "std": list(DEFAULT_STD),
+        "train_augment": "configs/augment/writeup.yaml",  # list of transforms or a YAML path; null = none
+        "val_augment": None,
+        "num_workers": 4,
+    },
+    "model": {
+        "name": "seresnext50_32x4d",
+        "pretrained_file": None,  # local timm state dict (3-channel RGB weights are adapted to RGBY)
+        "stem_rule": "mean",
+        "output_stride": None,  # 16 for finer CAMs
+        "num_classes": 19,
+        "in_chans": 4,
+        "puzzle_grid": 2,
+    },
+    "loss": {
+        "w_full": 1.0,
+        "w_puzzle": 1.0,
+        "w_rec": 0.25,
+        "rec_warmup_epochs": 0.0,  # linear warm-up of w_rec over this many epochs (0 = none)
+        "rec_mask_by_labels": False,
+    },
+    "train": {
+        "epochs": 48,
+        "batch_size": 32,
+        "val_batch_size": None,  # default: batch_size
+        "lr": 3.0e-4,
+        "betas": [0.9, 0.999],
+        "weight_decay": 0.0,
+        "scheduler": {"name": "plateau", "factor": 0.3, "patience": 8, "min_lr": 0.0},
+        "sampler": "balanced",  # balanced | shuffle
+        "sampler_clip_class": 8,
+        "samples_per_epoch": None,  # default: number of training images
+        "precision": "16",  # 16 (fp16 on CUDA, bf16 on CPU) | bf16 | 32
+        "grad_clip": None,
+        "channels_last": False,
+        "sync_bn": False,
+        "f1_threshold": 0.5,
+        "seed": 0,
+        "device": "auto",
+        "out": "runs/{name}_fold{fold}",
+        "tensorboard": True,  # used only when tensorboard is installed
+        "progress": True,
+    },
+}
+
+
+def default_config() -> dict[str, Any]:
+    """A fresh deep copy of :data:`DEFAULT_CONFIG`."""
+    return copy.deepcopy(DEFAULT_CONFIG)

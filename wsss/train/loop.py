@@ -1,0 +1,501 @@
+"""The Puzzle-CAM training loop: one fold of ``folds.csv`` as validation, ComboLoss, AMP, DDP, resume.
+
+:func:`fit` runs a whole training from a resolved config (see :mod:`wsss.train.defaults`):
+
+* data: the prepared cache and ``folds.csv``; fold ``k`` is the validation set, the other folds
+  train through the class-balanced sampler (:class:`wsss.data.sampler.BalancedSampler`);
+* every step runs the full image and its 2x2 tiles through the network
+  (``model(x, puzzle=True)``) and minimises the ComboLoss (:mod:`wsss.losses`);
+* every epoch validates: the ComboLoss with the configured weights (never the warmed-up ones),
+  image-level macro F1 at ``train.f1_threshold`` and macro mAP of ``sigmoid(logits)``;
+  ReduceLROnPlateau steps on the validation loss, and ``best`` is the epoch with the lowest
+  validation ComboLoss;
+* after every epoch ``last`` (with its resume state) and, when improved, ``best`` are saved,
+  the CSV/PNG logs rewritten.
+
+Exact resume: the checkpoint holds weights, optimizer, scheduler, GradScaler, sampler state,
+epoch and step counters, the best score and the history. Random streams are re-seeded at the
+start of every epoch from ``(seed, epoch, rank)`` (torch, numpy, python, the augmentation
+pipeline, and through the torch seed the DataLoader workers), so epoch ``e`` draws the same
+samples and augmentations whether or not the run was interrupted before it. Checkpoints are
+written at epoch ends; a run killed mid-epoch restarts that epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from wsss.config import save_config
+from wsss.data.augment import build_transform, load_spec
+from wsss.data.classes import labels_to_matrix
+from wsss.data.dataset import HPADataset, channel_stats
+from wsss.data.folds import read_folds
+from wsss.data.prepare import cache_path
+from wsss.data.sampler import BalancedSampler
+from wsss.losses import ComboLoss, LossTerms, rec_weight
+from wsss.metrics.image import chance_map, macro_f1, macro_map
+from wsss.models import PuzzleCAM, build_model
+from wsss.train import ddp
+from wsss.train.amp import AmpSettings, autocast, make_scaler, resolve_precision
+from wsss.train.checkpoint import load_resume_state, save_checkpoint
+from wsss.train.logs import TensorBoardLogger, plot_curves, write_history_csv
+
+logger = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or continue (bad data, config or checkpoint)."""
+
+
+@dataclass
+class TrainState:
+    """Counters carried across epochs and saved for resume."""
+
+    epoch: int = 0  # finished epochs
+    global_step: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EpochResult:
+    """Mean loss terms over an epoch's images (and, for validation, predictions)."""
+
+    loss: float
+    full: float
+    puzzle: float
+    rec: float
+    images: int
+    seconds: float
+    y_true: np.ndarray | None = None
+    y_prob: np.ndarray | None = None
+    w_rec: float = 0.0
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A 32-bit seed derived from ``(seed, epoch, rank)``."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
+
+
+def seed_everything(seed: int, transform: Any = None) -> None:
+    """Seed torch (CPU and CUDA), numpy, python ``random`` and an albumentations pipeline."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _worker_init(_: int) -> None:
+    """DataLoader worker: seed numpy/random and the augmentations from the worker's torch seed."""
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    dataset = info.dataset if info is not None else None
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    transform = getattr(dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _split(cfg: Mapping[str, Any], fold: int) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    folds_path = Path(cfg["data"]["folds"])
+    try:
+        frame = read_folds(folds_path)
+    except (OSError, ValueError) as exc:
+        raise TrainError(str(exc)) from None
+    folds = sorted(int(f) for f in frame["fold"].unique())
+    if fold not in folds:
+        raise TrainError(f"{folds_path}: fold {fold} not found (folds present: {folds})")
+    cache = Path(cfg["data"]["cache"])
+    missing = [i for i in frame["ID"] if not cache_path(cache, i).is_file()]
+    if missing:
+        raise TrainError(f"{cache}: {len(missing)} ids of {folds_path} are not prepared (e.g. {missing[0]}); run wsss-prepare")
+    val = frame[frame["fold"] == fold]
+    train = frame[frame["fold"] != fold]
+    if len(train) == 0 or len(val) == 0:
+        raise TrainError(f"{folds_path}: fold {fold} leaves {len(train)} training and {len(val)} validation images")
+    return (list(train["ID"]), labels_to_matrix(train["Label"]).astype(np.float32),
+            list(val["ID"]), labels_to_matrix(val["Label"]).astype(np.float32))
+
+
+def _transform(spec: Any, resize_to: int | None) -> Any:
+    items = list(load_spec(spec))
+    if resize_to is not None:
+        items = [{"name": "Resize", "height": resize_to, "width": resize_to}, *items]
+    return build_transform(items)
+
+
+def resolve_norm(d: dict[str, Any], train_ids: list[str], max_images: int = 500) -> tuple[list[float], list[float]]:
+    """``data.mean``/``data.std``; ``auto`` measures them on up to ``max_images`` training images.
+
+    The measured values are written back into ``d`` so the saved config holds the numbers used.
+    """
+    mean, std = d.get("mean"), d.get("std")
+    if mean == "auto" or std == "auto":
+        step = max(1, len(train_ids) // max_images)
+        m, s = channel_stats(d["cache"], train_ids[::step][:max_images])
+        if mean == "auto":
+            mean = [round(float(v), 5) for v in m]
+        if std == "auto":
+            std = [round(float(max(v, 1e-3)), 5) for v in s]
+        logger.info("channel stats of %d training images: mean %s std %s", len(train_ids[::step][:max_images]), mean, std)
+    if len(mean) != 4 or len(std) != 4:
+        raise TrainError(f"data.mean and data.std need 4 values (RGBY), got {mean} and {std}")
+    d["mean"], d["std"] = [float(v) for v in mean], [float(v) for v in std]
+    return d["mean"], d["std"]
+
+
+def build_loaders(
+    cfg: Mapping[str, Any], fold: int, info: ddp.DistInfo, device: torch.device
+) -> tuple[DataLoader, DataLoader, Any, np.ndarray]:
+    """Train and validation loaders of ``fold`` for this rank, the train sampler and the val targets."""
+    d, t = cfg["data"], cfg["train"]
+    train_ids, train_y, val_ids, val_y = _split(cfg, fold)
+    size = int(d["size"])
+    probe = HPADataset(d["cache"], train_ids[:1]).load(0)
+    resize_to = None if probe.shape[:2] == (size, size) else size
+    if resize_to is not None:
+        logger.warning("cache images are %dx%d, resizing to %d on the fly (prepare the cache at %d to save time)",
+                       probe.shape[1], probe.shape[0], size, size)
+    try:
+        train_tf = _transform(d.get("train_augment"), resize_to)
+        val_tf = _transform(d.get("val_augment"), resize_to)
+    except ValueError as exc:
+        raise TrainError(f"augmentations: {exc}") from None
+    mean, std = resolve_norm(d, train_ids)
+    train_ds = HPADataset(d["cache"], train_ids, train_y, transform=train_tf, mean=mean, std=std)
+    val_ds = HPADataset(d["cache"], val_ids, val_y, transform=val_tf, mean=mean, std=std)
+    seed = int(t["seed"])
+    if t["sampler"] == "balanced":
+        sampler: Any = BalancedSampler(train_y, num_samples=t.get("samples_per_epoch"),
+                                       clip_class=t.get("sampler_clip_class"), seed=seed,
+                                       num_replicas=info.world_size, rank=info.rank)
+    elif t["sampler"] == "shuffle":
+        sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
+    else:
+        raise TrainError(f"train.sampler must be 'balanced' or 'shuffle', got {t['sampler']!r}")
+    batch = int(t["batch_size"])
+    workers = int(d.get("num_workers", 0))
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
+                  persistent_workers=False)
+    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(sampler) >= batch, **common)
+    val_part = Subset(val_ds, list(range(info.rank, len(val_ds), info.world_size)))
+    val_loader = DataLoader(val_part, batch_size=int(t.get("val_batch_size") or batch), shuffle=False, **common)
+    return train_loader, val_loader, sampler, val_y
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def train_step(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    criterion: ComboLoss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp: AmpSettings,
+    w_rec: float,
+    grad_clip: float | None = None,
+) -> LossTerms | None:
+    """One Puzzle-CAM optimisation step; returns the loss terms, or ``None`` if the loss was not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(amp):
+        out = model(images, puzzle=True)
+    terms = criterion(out, targets, w_rec=w_rec)
+    if not torch.isfinite(terms.total):
+        return None
+    scaler.scale(terms.total).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+    scaler.step(optimizer)
+    scaler.update()
+    return terms
+
+
+def _sum_terms(acc: torch.Tensor, terms: LossTerms, n: int) -> None:
+    values = torch.stack([terms.total, terms.full, terms.puzzle, terms.rec]).detach().to("cpu", torch.float64)
+    acc[:4] += values * n
+    acc[4] += n
+
+
+def _mean_terms(acc: torch.Tensor) -> tuple[float, float, float, float, int]:
+    total = ddp.all_reduce_sum(acc)
+    n = max(float(total[4]), 1.0)
+    return float(total[0] / n), float(total[1] / n), float(total[2] / n), float(total[3] / n), int(total[4])
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    criterion: ComboLoss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp: AmpSettings,
+    device: torch.device,
+    state: TrainState,
+    cfg: Mapping[str, Any],
+    progress: bool = True,
+) -> EpochResult:
+    """One training epoch over ``loader``; advances ``state.global_step``."""
+    model.train()
+    warmup_steps = float(cfg["loss"].get("rec_warmup_epochs") or 0.0) * max(len(loader), 1)
+    acc = torch.zeros(5, dtype=torch.float64)
+    skipped = 0
+    w = 0.0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1} train", leave=False, disable=not progress, dynamic_ncols=True)
+    channels_last = bool(cfg["train"].get("channels_last"))
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        w = rec_weight(float(cfg["loss"]["w_rec"]), state.global_step, warmup_steps)
+        terms = train_step(model, images, targets, criterion, optimizer, scaler, amp, w, cfg["train"].get("grad_clip"))
+        state.global_step += 1
+        if terms is None:
+            skipped += 1
+            logger.warning("step %d: non-finite loss, step skipped", state.global_step)
+            continue
+        _sum_terms(acc, terms, images.shape[0])
+        bar.set_postfix(loss=f"{float(terms.total.detach()):.4f}")
+    if skipped and skipped == len(loader):
+        raise TrainError(f"epoch {state.epoch + 1}: every step had a non-finite loss (lower the lr or use --precision 32)")
+    loss, full, puzzle, rec, n = _mean_terms(acc)
+    return EpochResult(loss, full, puzzle, rec, n, time.perf_counter() - start, w_rec=w)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    criterion: ComboLoss,
+    amp: AmpSettings,
+    device: torch.device,
+    progress: bool = True,
+    channels_last: bool = False,
+) -> EpochResult:
+    """Validation ComboLoss (configured weights) and ``sigmoid(logits)`` gathered from every rank."""
+    net: PuzzleCAM = ddp.unwrap(model)
+    net.eval()
+    acc = torch.zeros(5, dtype=torch.float64)
+    probs: list[np.ndarray] = []
+    trues: list[np.ndarray] = []
+    start = time.perf_counter()
+    for images, targets in tqdm(loader, desc="validate", leave=False, disable=not progress, dynamic_ncols=True):
+        images = images.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device)
+        with autocast(amp):
+            out = net.forward_puzzle(images)
+        terms = criterion(out, targets)
+        _sum_terms(acc, terms, images.shape[0])
+        probs.append(torch.sigmoid(out.logits.float()).cpu().numpy())
+        trues.append(targets.cpu().numpy())
+    loss, full, puzzle, rec, n = _mean_terms(acc)
+    parts = ddp.all_gather_objects((np.concatenate(trues) if trues else np.zeros((0, net.num_classes), np.float32),
+                                    np.concatenate(probs) if probs else np.zeros((0, net.num_classes), np.float32)))
+    y_true = np.concatenate([p[0] for p in parts])
+    y_prob = np.concatenate([p[1] for p in parts])
+    return EpochResult(loss, full, puzzle, rec, n, time.perf_counter() - start, y_true, y_prob)
+
+
+# ------------------------------------------------------------------------------------------------ fit
+
+
+def _resume(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    scaler: torch.amp.GradScaler, sampler: Any,
+) -> TrainState:
+    sd, state, meta = load_resume_state(path)
+    try:
+        ddp.unwrap(model).load_state_dict(sd, strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainError(f"{path}: cannot resume this run with the current config ({str(exc).splitlines()[0]})") from None
+    if state.get("sampler") and hasattr(sampler, "load_state_dict"):
+        sampler.load_state_dict(state["sampler"])
+    ts = TrainState(epoch=int(state["epoch"]), global_step=int(state["global_step"]),
+                    best_loss=float(state["best_loss"]), best_epoch=int(state["best_epoch"]),
+                    history=list(state.get("history", [])))
+    logger.info("resumed %s at epoch %d (step %d, best val loss %.4f at epoch %d)",
+                path, ts.epoch, ts.global_step, ts.best_loss, ts.best_epoch)
+    return ts
+
+
+def _resume_state(ts: TrainState, optimizer: torch.optim.Optimizer, scheduler: Any,
+                  scaler: torch.amp.GradScaler, sampler: Any) -> dict[str, Any]:
+    return {
+        "epoch": ts.epoch,
+        "global_step": ts.global_step,
+        "best_loss": ts.best_loss,
+        "best_epoch": ts.best_epoch,
+        "history": ts.history,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
+        # no RNG snapshot: every epoch re-seeds all random streams from (seed, epoch, rank)
+    }
+
+
+def build_optimizer(model: torch.nn.Module, t: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam (lr, betas, weight decay from the config) and the LR scheduler (``plateau`` or ``none``)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(t["lr"]), betas=tuple(float(b) for b in t["betas"]),
+                                 weight_decay=float(t.get("weight_decay") or 0.0))
+    sched = dict(t.get("scheduler") or {"name": "none"})
+    if sched.get("name") == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=float(sched.get("factor", 0.3)), patience=int(sched.get("patience", 8)),
+            min_lr=float(sched.get("min_lr", 0.0)))
+    elif sched.get("name") in (None, "none"):
+        scheduler = None
+    else:
+        raise TrainError(f"train.scheduler.name must be 'plateau' or 'none', got {sched.get('name')!r}")
+    return optimizer, scheduler
+
+
+def resolve_out_dir(cfg: Mapping[str, Any], fold: int) -> Path:
+    """``train.out`` with ``{name}``, ``{model}`` and ``{fold}`` filled in."""
+    return Path(str(cfg["train"]["out"]).format(name=cfg.get("name", "puzzlecam"), model=cfg["model"]["name"], fold=fold))
+
+
+def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> dict[str, Any]:
+    """Train fold ``fold`` with the resolved config ``cfg``; returns a summary dict.
+
+    ``resume``: ``False`` starts a new run (refusing a folder that already has ``last``),
+    ``True`` continues from ``{out}/last.safetensors`` when it exists (else starts fresh), a
+    path continues from that checkpoint.
+    """
+    info = ddp.env_info()
+    t = cfg["train"]
+    device = ddp.resolve_device(t.get("device"), info)
+    ddp.init_distributed(device, info)
+    try:
+        return _fit(cfg, fold, resume, info, device)
+    finally:
+        ddp.cleanup()
+
+
+def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.DistInfo, device: torch.device) -> dict[str, Any]:
+    t = cfg["train"]
+    out = resolve_out_dir(cfg, fold)
+    cfg["train"]["fold"] = fold
+    cfg["train"]["out"] = str(out)
+    last = out / "last.safetensors"
+    resume_path: Path | None = None
+    if resume is True:
+        resume_path = last if last.is_file() else None
+        if resume_path is None:
+            logger.info("--resume: no %s yet, starting a new run", last)
+    elif resume:
+        resume_path = Path(resume)
+        if not resume_path.is_file():
+            raise TrainError(f"{resume_path}: checkpoint to resume not found")
+    elif last.is_file():
+        raise TrainError(f"{out} already holds a run (last.safetensors); pass --resume to continue it or choose another --out")
+
+    seed_everything(epoch_seed(int(t["seed"]), 2**31, 0))  # model init: same weights on every rank
+    m = cfg["model"]
+    try:
+        model = build_model(m["name"], num_classes=int(m["num_classes"]), in_chans=int(m["in_chans"]),
+                            pretrained_file=m.get("pretrained_file"), output_stride=m.get("output_stride"),
+                            grid=int(m.get("puzzle_grid", 2)), stem_rule=m.get("stem_rule", "mean"))
+        model.check_input_size(int(cfg["data"]["size"]), int(cfg["data"]["size"]))
+    except (ValueError, RuntimeError) as exc:
+        raise TrainError(f"model: {exc}") from None
+    model.to(device)
+    if t.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+    if info.enabled and t.get("sync_bn"):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: torch.nn.Module = model
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    train_loader, val_loader, sampler, val_y = build_loaders(cfg, fold, info, device)
+    optimizer, scheduler = build_optimizer(net, t)
+    amp = resolve_precision(t["precision"], device)
+    scaler = make_scaler(amp)
+    loss_cfg = cfg["loss"]
+    criterion = ComboLoss(loss_cfg["w_full"], loss_cfg["w_puzzle"], loss_cfg["w_rec"], loss_cfg.get("rec_mask_by_labels", False))
+
+    state = _resume(resume_path, net, optimizer, scheduler, scaler, sampler) if resume_path else TrainState()
+    progress = bool(t.get("progress", True)) and info.is_main
+    tb = TensorBoardLogger(out / "tensorboard", enabled=bool(t.get("tensorboard", True)) and info.is_main)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        logger.info("run %s: %s, fold %d, %d train / %d val images, %d steps/epoch, %s on %s x%d",
+                    out, m["name"], fold, len(train_loader.dataset), len(val_y), len(train_loader), amp.name,
+                    device, info.world_size)
+    chance = chance_map(val_y)
+    epochs = int(t["epochs"])
+    threshold = float(t.get("f1_threshold", 0.5))
+    for epoch in range(state.epoch, epochs):
+        seed_everything(epoch_seed(int(t["seed"]), epoch, info.rank), train_loader.dataset.transform)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        tr = train_one_epoch(net, train_loader, criterion, optimizer, scaler, amp, device, state, cfg, progress)
+        va = evaluate(net, val_loader, criterion, amp, device, progress, bool(t.get("channels_last")))
+        if scheduler is not None:
+            scheduler.step(va.loss)
+        state.epoch = epoch + 1
+        row = {
+            "epoch": state.epoch, "step": state.global_step, "lr": optimizer.param_groups[0]["lr"], "w_rec": tr.w_rec,
+            "train_loss": tr.loss, "train_full": tr.full, "train_puzzle": tr.puzzle, "train_rec": tr.rec,
+            "val_loss": va.loss, "val_full": va.full, "val_puzzle": va.puzzle, "val_rec": va.rec,
+            "val_f1": macro_f1(va.y_true, va.y_prob, threshold),
+            "val_map": macro_map(va.y_true, va.y_prob), "val_map_chance": chance,
+            "train_images": tr.images, "val_images": int(va.y_true.shape[0]),
+            "train_img_per_s": tr.images / max(tr.seconds, 1e-9), "epoch_seconds": tr.seconds + va.seconds,
+        }
+        state.history.append(row)
+        improved = va.loss < state.best_loss
+        if improved:
+            state.best_loss, state.best_epoch = va.loss, state.epoch
+        if info.is_main:
+            if improved:
+                save_checkpoint(out, "best", net, cfg, state.epoch, va.loss)
+            save_checkpoint(out, "last", net, cfg, state.epoch, va.loss,
+                            state=_resume_state(state, optimizer, scheduler, scaler, sampler))
+            write_history_csv(out / "metrics.csv", state.history)
+            plot_curves(out / "curves.png", state.history, title=f"{cfg.get('name')} fold {fold}")
+            tb.log(row, state.epoch)
+            logger.info("epoch %d/%d  train %.4f (full %.4f puzzle %.4f rec %.4f)  val %.4f  F1 %.3f  mAP %.3f "
+                        "(chance %.3f)  %.1f img/s%s", state.epoch, epochs, tr.loss, tr.full, tr.puzzle, tr.rec,
+                        va.loss, row["val_f1"], row["val_map"], chance, row["train_img_per_s"], "  *best*" if improved else "")
+        ddp.barrier()
+    tb.close()
+    last_row = state.history[-1] if state.history else {}
+    return {
+        "out": str(out), "epochs": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
+        "val_map": last_row.get("val_map"), "val_f1": last_row.get("val_f1"), "val_map_chance": chance,
+        "history": state.history,
+    }

@@ -297,11 +297,11 @@ def test_cli_generates_a_small_set(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_read_truth_errors(tmp_path: Path) -> None:
-    with pytest.raises(SynthError, match="cells mask not found"):
+    with pytest.raises(SynthError, match=r"nope_cells\.png: label image not found \(cells mask\)"):
         read_truth(tmp_path, "nope")
     (tmp_path / "masks").mkdir()
     (tmp_path / "masks" / "bad_cells.png").write_bytes(b"not a png")
-    with pytest.raises(SynthError, match="not a single-channel label PNG"):
+    with pytest.raises(SynthError, match=r"bad_cells\.png: not a readable image"):
         read_truth(tmp_path, "bad")
 
 

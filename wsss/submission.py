@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
+from hpa_seg.io import LabelMapError, LabelMaps
+from hpa_seg.io import load_label_maps as _load_label_maps
 from wsss.data.classes import NUM_CLASSES
 from wsss.data.io import nearest_index, resize_labels
 from wsss.schema import PROB_COLUMNS
@@ -58,48 +60,15 @@ class SubmissionError(ValueError):
 # --------------------------------------------------------------------------- label maps
 
 
-@dataclass
-class LabelMaps:
-    """Label maps of one image as written by the segmentation stage (see API.md)."""
-
-    cells: np.ndarray
-    nuclei: np.ndarray
-    orig_height: int
-    orig_width: int
-    border: np.ndarray
-
-
 def load_label_maps(path: Path | str) -> LabelMaps:
-    """Read a segmentation ``.npz`` (arrays ``cells``, ``nuclei``, ``orig_height``, ``orig_width``, ``border``).
+    """Read a segmentation ``.npz`` with :func:`hpa_seg.io.load_label_maps`.
 
-    Uses :func:`hpa_seg.io.load_label_maps` when that module is available, else reads the arrays
-    with numpy. Raises :class:`SubmissionError` naming the file when it is missing or malformed.
+    Raises :class:`SubmissionError` naming the file when it is missing or malformed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: label-map file not found")
     try:
-        from hpa_seg.io import load_label_maps as _seg_load  # noqa: PLC0415 (optional stage)
-    except ImportError:
-        _seg_load = None
-    try:
-        if _seg_load is not None:
-            maps = _seg_load(path)
-            return LabelMaps(np.asarray(maps.cells), np.asarray(maps.nuclei), int(maps.orig_height),
-                             int(maps.orig_width), np.asarray(maps.border, dtype=bool))
-        with np.load(path) as data:
-            missing = [k for k in ("cells", "orig_height", "orig_width") if k not in data.files]
-            if missing:
-                raise SubmissionError(f"{path}: label-map file lacks array(s) {', '.join(missing)}")
-            cells = data["cells"]
-            nuclei = data["nuclei"] if "nuclei" in data.files else np.zeros_like(cells)
-            border = data["border"].astype(bool) if "border" in data.files else np.zeros(0, dtype=bool)
-            return LabelMaps(cells, nuclei, int(data["orig_height"]), int(data["orig_width"]), border)
-    except SubmissionError:
-        raise
-    except Exception as exc:  # unreadable zip, missing arrays (hpa_seg.io.LabelMapError names the file), ...
-        message = str(exc) if str(path) in str(exc) else f"{path}: cannot read label maps ({exc})"
-        raise SubmissionError(message) from exc
+        return _load_label_maps(path)
+    except LabelMapError as exc:
+        raise SubmissionError(str(exc)) from None
 
 
 def upscale_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -141,6 +141,17 @@ def read_rgby_png(path: Path | str) -> np.ndarray:
     return np.ascontiguousarray(to_uint8(image, path)[:, :, [2, 1, 0, 3]])
 
 
+def read_label_png(path: Path | str) -> np.ndarray:
+    """Read a single-channel label image (8- or 16-bit PNG/TIFF) as stored; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: label image not found")
+    labels = _decode_file(path)
+    if labels.ndim != 2:
+        raise ImageReadError(f"{path}: not a single-channel label image (shape {labels.shape})")
+    return labels
+
+
 def check_rgby(rgby: np.ndarray, name: str = "<array>") -> None:
     """Raise :class:`ImageReadError` unless ``rgby`` is an ``H x W x 4`` ``uint8`` array."""
     if not isinstance(rgby, np.ndarray) or rgby.ndim != 3 or rgby.shape[2] != 4 or rgby.dtype != np.uint8:

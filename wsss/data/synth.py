@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from wsss.data.classes import CLASS_NAMES, NEGATIVE, NUM_CLASSES, LabelError, format_label, parse_label
-from wsss.data.io import CHANNELS, atomic_write_bytes
+from wsss.data.io import CHANNELS, ImageReadError, atomic_write_bytes, read_label_png
 from wsss.data.synth_geometry import BASE_CELL_RADIUS, plan_cells, rasterize
 from wsss.data.synth_patterns import PATTERNS, make_view
 from wsss.data.synth_textures import (
@@ -489,13 +489,10 @@ def read_truth(out_dir: Path | str, image_id: str) -> tuple[np.ndarray, np.ndarr
     maps = []
     for kind in ("cells", "nuclei"):
         path = Path(out_dir) / "masks" / f"{image_id}_{kind}.png"
-        if not path.is_file():
-            raise SynthError(f"{path}: {kind} mask not found")
-        data = np.fromfile(str(path), dtype=np.uint8)
-        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if arr is None or arr.ndim != 2:
-            raise SynthError(f"{path}: not a single-channel label PNG")
-        maps.append(arr.astype(np.uint16))
+        try:
+            maps.append(read_label_png(path).astype(np.uint16))
+        except ImageReadError as exc:
+            raise SynthError(f"{exc} ({kind} mask)") from None
     if maps[0].shape != maps[1].shape:
         raise SynthError(f"{image_id}: cells {maps[0].shape} and nuclei {maps[1].shape} masks differ in size")
     return maps[0], maps[1]

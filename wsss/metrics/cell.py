@@ -33,11 +33,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from wsss.data.classes import CLASS_NAMES, NUM_CLASSES, LabelError, parse_label
+from wsss.data.io import ImageReadError
+from wsss.data.io import read_label_png as _read_label_png
 from wsss.schema import PROB_COLUMNS
 from wsss.submission import (
     CellMasks,
@@ -232,13 +233,10 @@ def _label_rows(labels: Sequence[str], where: str) -> np.ndarray:
 
 def read_label_png(path: Path) -> np.ndarray:
     """A label PNG (uint8/uint16, one channel) as an array; :class:`MetricError` when unreadable."""
-    if not path.is_file():
-        raise MetricError(f"{path}: ground-truth mask not found")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    labels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if labels is None or labels.ndim != 2:
-        raise MetricError(f"{path}: not a single-channel label image")
-    return labels
+    try:
+        return _read_label_png(path)
+    except ImageReadError as exc:
+        raise MetricError(f"{exc} (ground-truth mask)") from None
 
 
 def truth_from_label_dir(root: Path | str, image_ids: Iterable[str] | None = None) -> dict[str, TruthImage]:

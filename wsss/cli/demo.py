@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from wsss.data.classes import CLASS_NAMES
-from wsss.data.io import read_rgby_png
+from wsss.data.io import read_rgby_png, resize_labels
 from wsss.data.prepare import cache_path
 
 logger = logging.getLogger(__name__)
@@ -186,6 +186,12 @@ def evaluate(tables: dict[str, pd.DataFrame], synth: Path, ids: list[str]) -> pd
     return frame
 
 
+def _enlarged(rgb: np.ndarray, min_side: int = 512) -> np.ndarray:
+    """Enlarge a small picture by an integer factor (nearest neighbour) so labels stay legible."""
+    factor = max(1, min_side // max(rgb.shape[:2]))
+    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1) if factor > 1 else rgb
+
+
 def draw_overlays(tables: dict[str, pd.DataFrame], synth: Path, cache: Path, ids: Sequence[str], out: Path,
                   count: int) -> list[Path]:
     """Pictures of true (left) vs ensemble-predicted (right) cell labels for a few heterogeneous ids."""
@@ -197,8 +203,9 @@ def draw_overlays(tables: dict[str, pd.DataFrame], synth: Path, cache: Path, ids
     ensemble_cells = tables["ensemble"]
     paths = []
     for image_id in list(ids)[:count]:
-        rgb = rgby_composite(read_rgby_png(cache_path(cache, image_id)))
+        rgb = _enlarged(rgby_composite(read_rgby_png(cache_path(cache, image_id))))
         cells, _ = read_truth(synth, image_id)
+        cells = resize_labels(cells, *rgb.shape[:2])
         left = draw_outlines(rgb, cells)
         rows = true_labels[true_labels["ID"] == image_id].set_index("cell_id")["Label"]
         for cell_id, (x, y) in cell_centroids(cells).items():
@@ -206,7 +213,7 @@ def draw_overlays(tables: dict[str, pd.DataFrame], synth: Path, cache: Path, ids
         pred = ensemble_cells[ensemble_cells["image_id"] == image_id]
         if pred.empty:
             continue
-        seg = load_label_maps(pred["mask_path"].iloc[0]).cells
+        seg = resize_labels(load_label_maps(pred["mask_path"].iloc[0]).cells, *rgb.shape[:2])
         right = draw_outlines(rgb, seg, (255, 255, 0))
         probs = pred.set_index("cell_id")[[f"p_{k}" for k in range(len(CLASS_NAMES))]]
         for cell_id, (x, y) in cell_centroids(seg).items():

@@ -4,7 +4,8 @@ A pipeline spec is a list of mappings; each has ``name`` (a transform class of a
 and the transform's keyword arguments. Containers (``OneOf``, ``SomeOf``, ``Sequential``) take a
 nested ``transforms`` list. Lists are turned into tuples (albumentations wants ranges as tuples).
 The spec may also be given as the path of a YAML file holding such a list, e.g.
-``configs/augment/writeup.yaml`` (the writeup's augmentations, all of which keep 4 channels).
+``configs/augment/writeup.yaml`` (a relative path not found from the working folder is looked up
+in the project folder) (the writeup's augmentations, all of which keep 4 channels).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import albumentations as A  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS: frozenset[str] = frozenset({"OneOf", "SomeOf", "Sequential", "OneOrOther"})
 
 
@@ -63,14 +65,22 @@ def build_one(spec: Mapping[str, Any]) -> A.BasicTransform | A.BaseCompose:
     return transform
 
 
+def _find_spec_file(path: Path) -> Path:
+    """``path`` as given, else (when relative) inside the project folder, e.g. ``configs/augment/...``."""
+    if path.is_file():
+        return path
+    in_project = PROJECT_ROOT / path
+    if not path.is_absolute() and in_project.is_file():
+        return in_project
+    raise AugmentSpecError(f"{path}: augmentation file not found")
+
+
 def load_spec(spec: Sequence[Mapping[str, Any]] | str | Path | None) -> list[Mapping[str, Any]]:
     """Return the list form of a spec given inline or as a YAML file path (``None`` -> ``[]``)."""
     if spec is None:
         return []
     if isinstance(spec, (str, Path)):
-        path = Path(spec)
-        if not path.is_file():
-            raise AugmentSpecError(f"{path}: augmentation file not found")
+        path = _find_spec_file(Path(spec))
         loaded = yaml.safe_load(path.read_text()) or []
         if not isinstance(loaded, list):
             raise AugmentSpecError(f"{path}: expected a list of transforms")

@@ -47,7 +47,7 @@ class LabelMaps:
 
     @property
     def num_cells(self) -> int:
-        """Number of cell instances (ids are ``1..n``, so this is the highest id present)."""
+        """Number of distinct non-zero cell ids present in ``cells``."""
         return int(np.count_nonzero(np.bincount(self.cells.reshape(-1))[1:])) if self.cells.size else 0
 
 

@@ -31,7 +31,7 @@ def test_round_trip():
 
 @pytest.mark.parametrize("bad,msg", [("19", "out of range"), ("", "empty"), ("0|", "not a class id"),
                                      ("a|1", "not a class id"), ("-1", "not a class id"), ("1.5", "not a class id"),
-                                     ("0,1", "not a class id")])
+                                     ("0,1", "not a class id"), ("0|\u00b2", "not a class id")])
 def test_bad_labels(bad, msg):
     with pytest.raises(LabelError, match=msg):
         parse_label(bad)

@@ -17,6 +17,12 @@ def test_load_override_save_round_trip(tmp_path):
     assert load_config(saved) == out
 
 
+def test_overrides_keep_strings_that_only_look_numeric():
+    out = apply_overrides({}, ["run.name='0001'", "a.b=nan", "c.d='1e-3'", "e.f=-2.5E+2"])
+    assert out["run"]["name"] == "0001" and out["a"]["b"] == "nan" and out["c"]["d"] == "1e-3"
+    assert out["e"]["f"] == -250.0
+
+
 def test_merge_is_deep():
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
 

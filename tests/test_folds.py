@@ -70,3 +70,13 @@ def test_bad_csv(tmp_path, capsys, content, msg):
 def test_too_few_images():
     with pytest.raises(FoldsError, match="cannot be split"):
         make_folds(pd.DataFrame({"ID": ["a", "b"], "Label": ["0", "1"]}), n_folds=4)
+
+
+def test_cli_unwritable_output_is_one_line(tmp_path, capsys):
+    csv = tmp_path / "train.csv"
+    pd.DataFrame({"ID": [f"i{k}" for k in range(8)], "Label": ["0", "1"] * 4}).to_csv(csv, index=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert folds_main(["--csv", str(csv), "--n-folds", "2", "--out", str(blocker / "f.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wsss-folds: error: cannot write") and len(err.strip().splitlines()) == 1

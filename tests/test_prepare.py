@@ -112,3 +112,13 @@ def test_real_sample_prepares_with_original_sizes(hpa_sample, tmp_path):
     assert not report.failed
     sizes = read_manifest(tmp_path).set_index("ID")["width"].to_dict()
     assert sizes == {"000a6c98-bb9b-11e8-b2b9-ac1f6b6435d0": 2048, "a7faf0b4-bb99-11e8-b2b9-ac1f6b6435d0": 3072}
+
+
+def test_source_path_with_comma_and_numeric_looking_ids(tmp_path):
+    src, out = tmp_path / "src,with comma", tmp_path / "cache"
+    _make_layout(src, {"0001": (24, 24)})
+    pd.DataFrame({"ID": ["0001"], "Label": ["0"]}).to_csv(tmp_path / "t.csv", index=False)
+    assert prepare_main([str(src), str(out), "--size", "16", "--csv", str(tmp_path / "t.csv"), "--quiet"]) == 0
+    manifest = read_manifest(out)
+    assert list(manifest["ID"]) == ["0001"] and manifest["source"].iloc[0] == str(src)
+    assert prepare_cache(src, out, ["0001"], size=16, workers=1, progress=False).skipped == ["0001"]

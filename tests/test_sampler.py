@@ -74,3 +74,10 @@ def test_ranks_share_one_draw_without_overlap():
 def test_bad_targets():
     with pytest.raises(ValueError, match="N x 19"):
         sample_weights(np.zeros((3, 5)))
+
+
+def test_draw_smaller_than_world_size_still_fills_every_rank():
+    t = _targets([[0], [1], [2]])
+    for rank in range(4):
+        sampler = BalancedSampler(t, num_samples=1, num_replicas=4, rank=rank)
+        assert len(list(sampler)) == len(sampler) == 1

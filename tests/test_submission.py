@@ -306,3 +306,18 @@ def test_submit_cli(tmp_path: Path, capsys):
     assert submit_main([str(tmp_path / "missing.parquet"), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.parquet" in err[0]
+
+
+@pytest.mark.parametrize("content,msg", [
+    ("", "not a readable CSV"),
+    ("ID,width,height\na,64.7,64\n", "a.csv:2: ImageWidth '64.7' is not a positive integer|64.7"),
+    ("ID,width,height\na,64,64\na,64,64\n", "a.csv:3: image a listed twice"),
+    ("ID,ImageWidth,ImageHeight\na,0,64\n", "is not a positive integer"),
+])
+def test_read_image_sizes_rejects_bad_lists(tmp_path, content, msg):
+    from wsss.submission import read_image_sizes
+
+    path = tmp_path / "a.csv"
+    path.write_text(content)
+    with pytest.raises(SubmissionError, match=msg):
+        read_image_sizes(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ import yaml
 from wsss.data.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
+
+
+_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 class ConfigError(ValueError):
@@ -79,18 +83,19 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        value = _number_or_same(value)
+        if not raw.strip().startswith(("'", '"')):  # quoted values stay as written
+            value = _number_or_same(value)
         set_dotted(out, key.strip(), value)
     return out
 
 
 def _number_or_same(value: Any) -> Any:
-    """PyYAML reads ``1e-3`` as a string (YAML 1.1 wants ``1.0e-3``); turn such strings into floats."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+    """PyYAML reads ``1e-3`` as a string (YAML 1.1 wants ``1.0e-3``); turn such strings into floats.
+
+    Only unquoted scientific notation is converted; ``'0001'`` or ``nan`` stay strings.
+    """
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value):
+        return float(value)
     return value
 
 

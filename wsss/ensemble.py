@@ -52,8 +52,8 @@ from wsss.submission import (
     SubmissionError,
     cell_masks_from_label_map,
     cell_masks_from_strings,
-    load_label_maps,
     pairwise_iou,
+    rows_mask_source,
     read_cell_table,
     read_submission,
 )
@@ -175,17 +175,13 @@ def _image_masks(source: Source, rows: pd.DataFrame) -> CellMasks:
     """Cell masks (original size) of one image's rows of a source, in row order."""
     ids = rows["cell_id"].astype(np.int64).to_numpy()
     width, height = int(rows["orig_width"].iloc[0]), int(rows["orig_height"].iloc[0])
-    if "mask" in rows.columns and rows["mask"].map(lambda m: isinstance(m, str) and m != "").all():
-        return cell_masks_from_strings(rows["mask"].tolist(), height, width, ids=ids)
-    paths = rows["mask_path"].dropna().unique()
-    if len(paths) != 1:
-        raise EnsembleError(f"{source.name}: image {rows['image_id'].iloc[0]} rows point to {len(paths)} "
-                            "label-map files; one per image expected")
-    maps = load_label_maps(paths[0])
-    if (maps.orig_height, maps.orig_width) != (height, width):
-        raise EnsembleError(f"{paths[0]}: original size {maps.orig_height}x{maps.orig_width} differs from "
-                            f"the table's {height}x{width}")
-    return cell_masks_from_label_map(maps.cells, height, width, ids=ids)
+    try:
+        source_masks = rows_mask_source(rows, height, width)
+    except SubmissionError as exc:
+        raise EnsembleError(f"{source.name}: {exc}") from None
+    if isinstance(source_masks, list):
+        return cell_masks_from_strings(source_masks, height, width, ids=ids)
+    return cell_masks_from_label_map(source_masks.cells, height, width, ids=ids)
 
 
 def _same_segmentation(a: Source, a_rows: pd.DataFrame, b: Source, b_rows: pd.DataFrame) -> bool:
@@ -274,13 +270,20 @@ def ensemble(sources: Sequence[Source], primary: int = 0, method: str = "mean", 
         present[:] = True
     else:
         coverage = present.sum(axis=0)
-    combined = combine(scores, [s.weight for s in sources], present, method=method)
+    weights = np.array([s.weight for s in sources], dtype=np.float64)
+    scored = (present & (weights > 0)[:, None]).any(axis=0)
+    if unmatched != "drop" and not scored.all():
+        first = base.cells.iloc[int(np.flatnonzero(~scored)[0])]
+        raise EnsembleError(f"{int((~scored).sum())} cell(s) are covered only by sources of weight 0 "
+                            f"(e.g. image {first['image_id']} cell {first['cell_id']}): give the primary a "
+                            f"positive weight or use unmatched=drop")
+    combined = combine(scores, weights, present, method=method)
     out = base.cells.drop(columns=PROB_COLUMNS).copy()
     out[PROB_COLUMNS] = combined
     out["source"] = "ensemble"
     out["n_sources"] = coverage
     if unmatched == "drop":
-        keep = coverage == len(sources)
+        keep = (coverage == len(sources)) & scored
         logger.info("unmatched=drop: %d of %d cells kept", int(keep.sum()), n)
         out = out.loc[keep]
     return out.reset_index(drop=True)

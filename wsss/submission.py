@@ -537,18 +537,7 @@ def read_submission(path: Path | str) -> Submission:
     missing = [c for c in SUBMISSION_COLUMNS if c not in df.columns]
     if missing:
         raise SubmissionError(f"{path}: missing column(s) {', '.join(missing)} (need {','.join(SUBMISSION_COLUMNS)})")
-    images = df[["ID", "ImageWidth", "ImageHeight"]].copy()
-    for col in ("ImageWidth", "ImageHeight"):
-        values = pd.to_numeric(images[col], errors="coerce")
-        bad = values.isna() | (values <= 0)
-        if bad.any():
-            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-            raise SubmissionError(f"{path}:{line}: {col} {images[col].iloc[line - 2]!r} is not a positive integer")
-        images[col] = values.astype(np.int64)
-    dup = images["ID"].duplicated()
-    if dup.any():
-        line = int(np.flatnonzero(dup.to_numpy())[0]) + 2
-        raise SubmissionError(f"{path}:{line}: image {images['ID'].iloc[line - 2]} listed twice")
+    images = _checked_sizes(df[["ID", "ImageWidth", "ImageHeight"]].copy(), path)
     ids: list[str] = []
     classes: list[int] = []
     confs: list[float] = []
@@ -577,7 +566,10 @@ def read_image_sizes(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: image list not found")
-    df = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SubmissionError(f"{path}: not a readable CSV ({exc.__class__.__name__})") from None
     if "ID" not in df.columns:
         raise SubmissionError(f"{path}: no ID column")
     if {"ImageWidth", "ImageHeight"} <= set(df.columns):
@@ -586,12 +578,26 @@ def read_image_sizes(path: Path | str) -> pd.DataFrame:
         out = df[["ID", "width", "height"]].rename(columns={"width": "ImageWidth", "height": "ImageHeight"})
     else:
         raise SubmissionError(f"{path}: needs ImageWidth,ImageHeight or width,height columns besides ID")
+    return _checked_sizes(out.reset_index(drop=True), path)
+
+
+def _checked_sizes(images: pd.DataFrame, path: Path | str) -> pd.DataFrame:
+    """``ID, ImageWidth, ImageHeight`` rows with positive whole sizes and unique ids, sizes as int64.
+
+    Errors name the file and the CSV line (header = line 1).
+    """
     for col in ("ImageWidth", "ImageHeight"):
-        out[col] = pd.to_numeric(out[col], errors="coerce")
-        if out[col].isna().any():
-            raise SubmissionError(f"{path}: non-numeric {col}")
-        out[col] = out[col].astype(np.int64)
-    return out.reset_index(drop=True)
+        values = pd.to_numeric(images[col], errors="coerce")
+        bad = values.isna() | (values <= 0) | (values != np.floor(values))
+        if bad.any():
+            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+            raise SubmissionError(f"{path}:{line}: {col} {images[col].iloc[line - 2]!r} is not a positive integer")
+        images[col] = values.astype(np.int64)
+    dup = images["ID"].duplicated()
+    if dup.any():
+        line = int(np.flatnonzero(dup.to_numpy())[0]) + 2
+        raise SubmissionError(f"{path}:{line}: image {images['ID'].iloc[line - 2]} listed twice")
+    return images
 
 
 def average_duplicate_cells(cells: pd.DataFrame) -> pd.DataFrame:
@@ -640,19 +646,35 @@ def read_cell_table(path: Path | str) -> pd.DataFrame:
     return average_duplicate_cells(df)
 
 
-def _image_masks(group: pd.DataFrame, height: int, width: int) -> dict[int, str]:
-    """Mask strings of the cells in one image's rows: from a ``mask`` column when filled, else the label map."""
-    if "mask" in group.columns and group["mask"].map(lambda m: isinstance(m, str) and m != "").all():
-        return dict(zip(group["cell_id"].astype(int).tolist(), group["mask"].tolist()))
-    paths = group["mask_path"].dropna().unique()
+def rows_mask_source(rows: pd.DataFrame, height: int, width: int) -> list[str] | LabelMaps:
+    """Where one image's per-cell rows take their masks from, checked.
+
+    Returns the rows' mask strings (in row order) when a ``mask`` column is filled for every row,
+    else the label maps of the single ``mask_path`` they share (its original size must be
+    ``height x width``). Raises :class:`SubmissionError` naming the image or file otherwise.
+    """
+    image_id = rows["image_id"].iloc[0]
+    if "mask" in rows.columns and rows["mask"].map(lambda m: isinstance(m, str) and m != "").all():
+        return rows["mask"].tolist()
+    if "mask_path" not in rows.columns:
+        raise SubmissionError(f"image {image_id}: per-cell rows have neither mask_path nor mask strings")
+    paths = rows["mask_path"].dropna().unique()
     if len(paths) != 1:
-        raise SubmissionError(f"image {group['image_id'].iloc[0]}: rows point to {len(paths)} label-map files "
+        raise SubmissionError(f"image {image_id}: rows point to {len(paths)} label-map files "
                               f"({', '.join(map(str, paths[:3]))}); one segmentation per image expected")
     maps = load_label_maps(paths[0])
     if (maps.orig_height, maps.orig_width) != (height, width):
         raise SubmissionError(f"{paths[0]}: label map says original size {maps.orig_height}x{maps.orig_width}, "
-                              f"expected {height}x{width} for {group['image_id'].iloc[0]}")
-    return encode_label_map(maps.cells, out_hw=(height, width))
+                              f"expected {height}x{width} for {image_id}")
+    return maps
+
+
+def _image_masks(group: pd.DataFrame, height: int, width: int) -> dict[int, str]:
+    """Mask strings of the cells in one image's rows: from a ``mask`` column when filled, else the label map."""
+    source = rows_mask_source(group, height, width)
+    if isinstance(source, list):
+        return dict(zip(group["cell_id"].astype(int).tolist(), source))
+    return encode_label_map(source.cells, out_hw=(height, width))
 
 
 def build_submission(cells: pd.DataFrame, images: pd.DataFrame | None = None,
@@ -724,6 +746,7 @@ def write_submission(submission: pd.DataFrame, path: Path | str) -> Path:
 
 __all__: Sequence[str] = [
     "SUBMISSION_COLUMNS", "PREDICTION_COLUMNS", "SubmissionError", "LabelMaps", "load_label_maps",
+    "rows_mask_source",
     "upscale_labels", "nearest_index", "rle_counts_to_string", "encode_binary_mask", "mask_string_to_rle",
     "decode_binary_mask", "coco_string_to_counts", "label_map_counts", "label_map_rles", "encode_label_map",
     "naive_encode_label_map", "CellMasks", "cell_masks_from_label_map", "cell_masks_from_strings", "label_overlap",

@@ -240,6 +240,9 @@ def format_results(results: pd.DataFrame) -> str:
 def run_demo(s: DemoSettings) -> pd.DataFrame:
     """Run every step; return the results table (also written to ``OUT/results.csv``)."""
     p = _paths(s)
+    if not Path(s.config).is_file():
+        raise DemoError(f"{s.config}: training config not found (run from a checkout installed with "
+                        f"scripts/install.sh, or pass --config)")
     s.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     ids = prepare_data(s, p)

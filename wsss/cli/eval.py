@@ -104,6 +104,8 @@ def _read_truth(path: Path, ids: list[str] | None) -> dict[str, TruthImage]:
     """Per-cell ground truth from a synthetic folder or a ground-truth submission."""
     if path.is_dir():
         return truth_from_label_dir(path, ids)
+    if not path.is_file():
+        raise EvalError(f"{path}: truth not found (a synthetic folder or a submission-format CSV)")
     if path.suffix.lower() == ".csv" and "PredictionString" in pd.read_csv(path, nrows=0).columns:
         truth = truth_from_submission(read_submission(path))
         return truth if ids is None else {i: truth[i] for i in ids if i in truth}

@@ -39,10 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wsss-folds: error: {exc}", file=sys.stderr)
         return 2
     table = fold_table(folds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    folds.to_csv(args.out, index=False)
     table_path = args.table or args.out.with_name(args.out.stem + "_table.csv")
-    table.to_csv(table_path, index=False)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        folds.to_csv(args.out, index=False)
+        table.to_csv(table_path, index=False)
+    except OSError as exc:
+        print(f"wsss-folds: error: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 2
     print(table.to_string(index=False))
     print(f"wsss-folds: {len(folds)} images in {args.n_folds} folds -> {args.out} (table: {table_path})")
     return 0

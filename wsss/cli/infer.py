@@ -89,13 +89,14 @@ def select_ids(args: argparse.Namespace, all_ids: list[str]) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     from wsss.infer.runner import render_overlays, run_stage1, run_stage2
-    from wsss.infer.settings import build_settings, resolve_checkpoint
+    from wsss.infer.settings import build_settings, resolve_checkpoint, resolve_device
     from wsss.infer.sources import ImageSource, MaskSource
     from wsss.train.checkpoint import load_model_from_checkpoint
 
     cfg = resolve_config(args)
+    device = resolve_device(cfg["device"])  # before loading: a bad --device is a one-line error
     ckpt = resolve_checkpoint(args.ckpt, args.fold)
-    model, model_cfg = load_model_from_checkpoint(ckpt, device=str(cfg["device"]))
+    model, model_cfg = load_model_from_checkpoint(ckpt, device=str(device))
     images = ImageSource(args.images)
     masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
     settings = build_settings(cfg, args.out, args.stage, model_cfg,

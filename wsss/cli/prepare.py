@@ -38,7 +38,7 @@ def _ids(args: argparse.Namespace) -> list[str]:
         return list_image_ids(args.src)
     if not args.csv.is_file():
         raise ImageReadError(f"{args.csv}: CSV not found")
-    frame = pd.read_csv(args.csv)
+    frame = pd.read_csv(args.csv, dtype=str, keep_default_na=False)
     if "ID" not in frame.columns:
         raise ImageReadError(f"{args.csv}: no ID column (columns: {', '.join(frame.columns)})")
     return [str(i) for i in frame["ID"]]
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ids = _ids(args)
         report = prepare_cache(args.src, args.out, ids, size=args.size, workers=args.workers,
                                progress=not args.quiet)
-    except (ImageReadError, ValueError) as exc:
+    except (ImageReadError, ValueError, OSError) as exc:
         print(f"wsss-prepare: error: {exc}", file=sys.stderr)
         return 2
     print(f"wsss-prepare: {len(report.written)} written, {len(report.skipped)} already done, "

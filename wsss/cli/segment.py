@@ -211,6 +211,8 @@ def check_config(out: Path, config: dict, overwrite: bool) -> None:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             old = None
+        if not isinstance(old, dict):
+            old = None
         changed = sorted(k for k in COMPARED_SETTINGS if old is not None and old.get(k) != config.get(k))
         if changed:
             raise SegmentCliError(f"{out} was made with other settings ({', '.join(changed)} differ); "

@@ -51,7 +51,10 @@ def build_one(spec: Mapping[str, Any]) -> A.BasicTransform | A.BaseCompose:
         children = spec.get("transforms")
         if not children:
             raise AugmentSpecError(f"{name} needs a non-empty 'transforms' list")
-        return cls([build_one(child) for child in children], **kwargs)
+        try:
+            return cls([build_one(child) for child in children], **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise AugmentSpecError(f"{name}({kwargs}): {exc}") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -81,7 +84,10 @@ def load_spec(spec: Sequence[Mapping[str, Any]] | str | Path | None) -> list[Map
         return []
     if isinstance(spec, (str, Path)):
         path = _find_spec_file(Path(spec))
-        loaded = yaml.safe_load(path.read_text()) or []
+        try:
+            loaded = yaml.safe_load(path.read_text()) or []
+        except yaml.YAMLError as exc:
+            raise AugmentSpecError(f"{path}: invalid YAML ({exc.__class__.__name__})") from None
         if not isinstance(loaded, list):
             raise AugmentSpecError(f"{path}: expected a list of transforms")
         return loaded

@@ -50,7 +50,7 @@ def parse_label(label: str) -> list[int]:
     ids: set[int] = set()
     for token in text.split("|"):
         token = token.strip()
-        if not token.isdigit():
+        if not (token.isascii() and token.isdigit()):
             raise LabelError(f"malformed label {label!r}: {token!r} is not a class id")
         value = int(token)
         if value >= NUM_CLASSES:

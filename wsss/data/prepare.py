@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +101,7 @@ def _finished_ids(out: Path) -> set[str]:
 
 
 def _append_row(handle, row: Sequence[object]) -> None:
-    handle.write(",".join(str(v) for v in row) + "\n")
+    csv.writer(handle, lineterminator="\n").writerow(row)
     handle.flush()
     os.fsync(handle.fileno())
 
@@ -167,5 +167,5 @@ def _run_jobs(jobs: list[_Job], workers: int) -> Iterable[tuple[str, int, int, s
     if workers <= 1 or len(jobs) <= 1:
         yield from map(_prepare_one, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_prepare_one, jobs, chunksize=4)
+    with multiprocessing.get_context().Pool(processes=workers) as pool:
+        yield from pool.imap_unordered(_prepare_one, jobs, chunksize=2)

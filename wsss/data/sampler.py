@@ -110,8 +110,8 @@ class BalancedSampler(Sampler[int]):
         generator.manual_seed(self.seed + self.epoch)
         total = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
         drawn = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
-        if total > self.num_samples:
-            drawn = torch.cat([drawn, drawn[: total - self.num_samples]])
+        if total > self.num_samples:  # wrap around (repeatedly, for draws smaller than the world size)
+            drawn = drawn.repeat(math.ceil(total / self.num_samples))[:total]
         return drawn
 
     def __iter__(self) -> Iterator[int]:

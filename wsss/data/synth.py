@@ -112,7 +112,7 @@ def load_class_freq(spec: str) -> tuple[np.ndarray, str]:
         items = []
         for key, value in data.items():
             text = str(key).strip()
-            if text.isdigit() and int(text) < NUM_CLASSES:
+            if text.isascii() and text.isdigit() and int(text) < NUM_CLASSES:
                 items.append((int(text), value))
             elif text.lower() in names:
                 items.append((names[text.lower()], value))
@@ -260,7 +260,8 @@ def plan_labels(rng: np.random.Generator, n_cells: int, sampler: LabelSampler, v
     """
     main = sampler.sample(rng)
     labels = [list(main) for _ in range(n_cells)]
-    hetero = n_cells >= 2 and rng.random() < variability
+    # An all-Negative distribution has no other label set to give odd cells: no heterogeneous images.
+    hetero = n_cells >= 2 and sampler.n_positive > 0 and rng.random() < variability
     if hetero:
         n_odd = int(np.clip(round(rng.uniform(0.15, 0.5) * n_cells), 1, n_cells - 1))
         alt = _variant(rng, main, sampler)

@@ -21,19 +21,21 @@ averaged over views *before* normalisation and the sigmoid probabilities are ave
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.train.amp import AmpSettings, autocast, resolve_precision
+
 logger = logging.getLogger(__name__)
 
 TTA_MODES: tuple[str, ...] = ("hflip", "vflip", "hvflip")
 _FLIP_DIMS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
-PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS: tuple[str, ...] = ("32", "16", "bf16")
 
 
 def check_tta(tta: Sequence[str]) -> tuple[str, ...]:
@@ -54,7 +56,7 @@ def normalize_cams(cams: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """
     cams = cams.float()
     finite = torch.isfinite(cams).flatten(-2).all(dim=-1)  # ... x C
-    cams = torch.where(torch.isfinite(cams), cams, torch.zeros((), dtype=cams.dtype)).clamp_min(0.0)
+    cams = torch.nan_to_num(cams, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
     peak = cams.flatten(-2).amax(dim=-1)
     ok = finite & (peak > eps)
     scale = torch.where(ok, 1.0 / torch.where(ok, peak, torch.ones_like(peak)), torch.zeros_like(peak))
@@ -76,14 +78,22 @@ def flip(x: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.flip(x, dims=_FLIP_DIMS[mode])
 
 
+@functools.lru_cache(maxsize=None)
+def _amp(precision: str, device_type: str) -> AmpSettings:
+    return resolve_precision(precision, device_type)  # cached: resolve (and log) once, not per batch
+
+
+def amp_name(precision: str, device: torch.device | str) -> str:
+    """The autocast dtype ``precision`` means on ``device``: ``fp32``, ``fp16`` or ``bf16``."""
+    return _amp(str(precision), torch.device(device).type).name
+
+
 def autocast_context(device: torch.device, precision: str):
-    """``torch.autocast`` for ``precision`` ``"16"``/``"bf16"`` on ``device``; a no-op for ``"32"``."""
-    if str(precision) not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[str(precision)]
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    """Autocast for ``precision`` on ``device`` as in training (:mod:`wsss.train.amp`; see the module doc).
+
+    An unknown precision raises :class:`~wsss.train.amp.PrecisionError` (a ``ValueError``).
+    """
+    return autocast(_amp(str(precision), torch.device(device).type))
 
 
 @torch.inference_mode()

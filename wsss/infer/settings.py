@@ -64,6 +64,22 @@ def resolve_checkpoint(ckpt: str | Path, fold: int | None = None) -> Path:
     raise RunError(f"{path}: checkpoint not found")
 
 
+def resolve_device(value: Any) -> torch.device:
+    """``--device`` as a :class:`torch.device`; a malformed name or a missing GPU raises :class:`RunError`."""
+    try:
+        device = torch.device(str(value))
+    except (RuntimeError, ValueError):
+        raise RunError(f"--device must be cpu, cuda or cuda:N, got {value!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"--device must be cpu, cuda or cuda:N, got {value!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError(f"--device {value} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RunError(f"--device {value}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
 def crop_side(size: Any, input_size: int) -> int:
     """The stage-2 crop side: an explicit number, or ``auto`` = a quarter of the model's input side.
 
@@ -93,9 +109,7 @@ def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg:
     if precision not in PRECISIONS:
         raise RunError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     tta = check_tta(cfg["tta_modes"]) if cfg.get("tta") else ()
-    device = torch.device(str(cfg["device"]))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda requested but CUDA is not available")
+    device = resolve_device(cfg["device"])
     stage2 = dict(cfg["stage2"])
     stage2["size"] = crop_side(stage2.get("size"), int(input_size))
     return InferSettings(

@@ -47,8 +47,8 @@ from wsss.submission import (
     average_duplicate_cells,
     cell_masks_from_label_map,
     cell_masks_from_strings,
-    load_label_maps,
     pairwise_iou,
+    rows_mask_source,
 )
 
 logger = logging.getLogger(__name__)
@@ -328,22 +328,14 @@ def preds_from_cell_table(cells: pd.DataFrame, min_confidence: float | None = No
 
 def _table_masks(image_id: str, group: pd.DataFrame, ids: np.ndarray) -> CellMasks:
     """Cell masks of one image's rows of a per-cell table."""
-    if "mask" in group.columns and group["mask"].map(lambda m: isinstance(m, str) and m != "").all():
-        width, height = int(group["orig_width"].iloc[0]), int(group["orig_height"].iloc[0])
-        try:
-            return cell_masks_from_strings(group["mask"].tolist(), height, width, ids=ids)
-        except SubmissionError as exc:
-            raise MetricError(f"image {image_id}: {exc}") from exc
-    if "mask_path" not in group.columns:
-        raise MetricError(f"image {image_id}: per-cell rows have neither mask_path nor mask strings")
-    paths = group["mask_path"].dropna().unique()
-    if len(paths) != 1:
-        raise MetricError(f"image {image_id}: rows point to {len(paths)} label-map files; one per image expected")
+    width, height = int(group["orig_width"].iloc[0]), int(group["orig_height"].iloc[0])
     try:
-        maps = load_label_maps(paths[0])
+        source = rows_mask_source(group, height, width)
+        if isinstance(source, list):
+            return cell_masks_from_strings(source, height, width, ids=ids)
     except SubmissionError as exc:
-        raise MetricError(str(exc)) from exc
-    return cell_masks_from_label_map(maps.cells, maps.orig_height, maps.orig_width, ids=ids)
+        raise MetricError(f"image {image_id}: {exc}") from exc
+    return cell_masks_from_label_map(source.cells, height, width, ids=ids)
 
 
 def preds_from_submission(sub: Submission, min_confidence: float | None = None) -> dict[str, PredImage]:

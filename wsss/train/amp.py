@@ -4,7 +4,8 @@
 
 * ``16`` on CUDA: float16 autocast and a :class:`torch.amp.GradScaler` (dynamic loss scaling);
 * ``16`` on the CPU: bfloat16 autocast (float16 on the CPU is slow and needs scaling), no scaler;
-* ``bf16`` anywhere: bfloat16 autocast, no scaler (bf16 has float32's exponent range);
+* ``bf16``: bfloat16 autocast, no scaler (bf16 has float32's exponent range); on CUDA the GPU
+  must support bfloat16 (:class:`PrecisionError` otherwise);
 * ``32``: autocast off, float32 throughout.
 """
 
@@ -26,7 +27,7 @@ _ALIASES: dict[str, str] = {
 
 
 class PrecisionError(ValueError):
-    """An unknown precision setting."""
+    """An unknown precision setting, or one the device cannot run (bf16 on a GPU without bfloat16)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def resolve_precision(precision: str | int, device: torch.device | str) -> AmpSe
     if key == "32":
         return AmpSettings(device_type, None, False)
     if key == "bf16":
+        if device_type == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise PrecisionError("precision bf16: this GPU does not support bfloat16 (use 16 or 32)")
         return AmpSettings(device_type, torch.bfloat16, False)
     if device_type == "cuda":
         return AmpSettings(device_type, torch.float16, True)

@@ -140,13 +140,21 @@ def load_resume_state(weights_path: Path | str) -> tuple[dict[str, torch.Tensor]
 
 
 def _config_for(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
+    """The config stored in the file's metadata (exactly what it was trained with), else ``config.yaml`` beside it.
+
+    The metadata wins: ``config.yaml`` is rewritten by every (resumed) run in the folder, so an
+    older ``best`` may no longer match it.
+    """
+    if meta.get("config"):
+        try:
+            return json.loads(meta["config"])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: unreadable config in its metadata ({exc})") from None
     beside = path.parent / "config.yaml"
     if beside.is_file():
         from wsss.config import load_config
 
         return load_config(beside)
-    if meta.get("config"):
-        return json.loads(meta["config"])
     raise CheckpointError(f"{path}: no config.yaml beside it and no config in its metadata")
 
 
@@ -155,8 +163,8 @@ def load_model_from_checkpoint(
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the :class:`~wsss.models.PuzzleCAM` of a checkpoint, in eval mode on ``device``.
 
-    Returns ``(model, cfg)`` where ``cfg`` is the resolved training config (``config.yaml``
-    beside the file, else the copy in its metadata); ``cfg["data"]["size"]``, ``["mean"]``,
+    Returns ``(model, cfg)`` where ``cfg`` is the resolved training config (the copy in its
+    metadata, else ``config.yaml`` beside the file); ``cfg["data"]["size"]``, ``["mean"]``,
     ``["std"]`` and ``cfg["model"]["name"]`` describe the expected input.
     """
     from wsss.models import build_model

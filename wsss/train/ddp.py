@@ -80,12 +80,32 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _reduce_device() -> torch.device:
+    """Where collectives run: the current GPU for an NCCL group (NCCL cannot reduce CPU tensors), else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a float64 CPU tensor over ranks (returned as a new tensor; identity without DDP)."""
+    """Sum a tensor over ranks as float64; returns a new CPU tensor (a CPU copy without DDP).
+
+    Under NCCL the reduction runs on this rank's GPU and the result is copied back to the CPU.
+    """
     out = values.detach().to(torch.float64).cpu().clone()
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        work = out.to(_reduce_device())
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        out = work.cpu()
     return out
+
+
+def all_true(flag: bool) -> bool:
+    """True when ``flag`` is true on every rank (``flag`` itself without DDP); a collective call."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    bad = all_reduce_sum(torch.tensor([0.0 if flag else 1.0]))
+    return float(bad[0]) == 0.0
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -3,6 +3,8 @@
 
 Puzzle-CAM step: full image + its 2x2 tiles through the network, ComboLoss, backward, Adam step.
 Plain step: the full image only, BCE on the logits, backward, Adam step (a regular classifier).
+Both step through a GradScaler as training does (active for fp16 on CUDA only); on CUDA every
+timed step is bracketed by ``torch.cuda.synchronize``.
 The two kinds of step (and the ``--variants``) are interleaved round-robin on the same batch
 (random data at the config's size) so that machine load affects all alike; the medians over
 ``--steps`` repetitions are compared, and the range of the per-repetition ratio is shown. Everything printed is measured in this run.
@@ -26,7 +28,7 @@ import torch
 from wsss.config import load_config, merge
 from wsss.losses import ComboLoss, bce_term
 from wsss.models import build_model
-from wsss.train.amp import AmpSettings, autocast, resolve_precision
+from wsss.train.amp import AmpSettings, autocast, make_scaler, resolve_precision
 from wsss.train.defaults import default_config
 
 logger = logging.getLogger(__name__)
@@ -48,25 +50,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plain_step(model, opt, x, y, amp: AmpSettings) -> None:
+def _backward_step(loss: torch.Tensor, opt, scaler: torch.amp.GradScaler) -> None:
+    """Backward and optimizer step as in training: through the GradScaler (a no-op unless fp16 on CUDA)."""
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
+def _plain_step(model, opt, x, y, amp: AmpSettings, scaler: torch.amp.GradScaler) -> None:
     opt.zero_grad(set_to_none=True)
     with autocast(amp):
         logits, _ = model(x)
-    bce_term(logits, y).backward()
-    opt.step()
+    _backward_step(bce_term(logits, y), opt, scaler)
 
 
-def _puzzle_step(model, opt, x, y, amp: AmpSettings, crit: ComboLoss) -> None:
+def _puzzle_step(model, opt, x, y, amp: AmpSettings, crit: ComboLoss, scaler: torch.amp.GradScaler) -> None:
     opt.zero_grad(set_to_none=True)
     with autocast(amp):
         out = model(x, puzzle=True)
-    crit(out, y).total.backward()
-    opt.step()
+    _backward_step(crit(out, y).total, opt, scaler)
 
 
-def _timed(fn) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    """Seconds of ``fn()``; on CUDA the queued kernels are waited for before and after."""
+    _sync(device)
     start = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -86,6 +101,7 @@ def _setup(cfg: dict, batch: int, variant: str, device: torch.device) -> dict:
         x = x.contiguous(memory_format=torch.channels_last)
     model.train()
     return {"model": model, "opt": torch.optim.Adam(model.parameters(), lr=1e-4), "x": x, "y": y, "amp": amp,
+            "scaler": make_scaler(amp),
             "name": m["name"], "size": size, "batch": batch, "precision": amp.name + ("+cl" if channels_last else ""),
             "plain": [], "puzzle": []}
 
@@ -96,8 +112,8 @@ def bench(cfg: dict, batch: int, variants: Sequence[str], steps: int, warmup: in
     crit = ComboLoss()
     for rep in range(warmup + steps):
         for s in setups:
-            tp = _timed(lambda: _plain_step(s["model"], s["opt"], s["x"], s["y"], s["amp"]))
-            tz = _timed(lambda: _puzzle_step(s["model"], s["opt"], s["x"], s["y"], s["amp"], crit))
+            tp = _timed(lambda: _plain_step(s["model"], s["opt"], s["x"], s["y"], s["amp"], s["scaler"]), device)
+            tz = _timed(lambda: _puzzle_step(s["model"], s["opt"], s["x"], s["y"], s["amp"], crit, s["scaler"]), device)
             if rep >= warmup:
                 s["plain"].append(tp)
                 s["puzzle"].append(tz)

@@ -219,9 +219,20 @@ def test_cli_both_stages_fold_and_oof(data, tmp_path, capsys):
     pd.DataFrame({"ID": GOOD + ["img9"], "Label": ["0"] * 4, "fold": [0, 0, 0, 1]}).to_csv(more, index=False)
     assert oof_main([str(out), "--folds", str(more), "--out", str(merged)]) == 1
     assert "missing: 1: img9" in capsys.readouterr().out
-    # a resumed run with the same fold does nothing; another fold into the same folder is refused
-    assert infer_main(["--stage", "1", *common]) == 0
+    # a resumed run with the same fold and settings does nothing; another fold, other scoring
+    # settings or another checkpoint into the same folder is refused
+    same = ["--stage", "1", *common, "--tta", "--set", "stage1.threshold=0.4"]
+    assert infer_main(same) == 0
     assert "0 images, 0 cells" in capsys.readouterr().out
+    assert infer_main(["--stage", "1", *common, "--set", "stage1.threshold=0.4"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a stage1 run with other scoring settings (tta differ)" in err and "new --out" in err
+    assert infer_main(same[:-1] + ["stage1.cam_weight=0.9"]) == 2
+    assert "score differ" in capsys.readouterr().err
+    other = tmp_path / "other" / "run_fold0"
+    _checkpoint(other.parent)  # the same backbone, another checkpoint file
+    assert infer_main([a if a != str(tmp_path / "run_fold{fold}") else str(other) for a in same]) == 2
+    assert "holds a stage1 run with ckpt=" in capsys.readouterr().err
     other_fold = ["--stage", "1", "--ckpt", str(tmp_path / "run_fold0"), "--images", str(images), "--masks",
                   str(masks), "--out", str(out), "--fold", "1", "--folds", str(more), "--workers", "0"]
     assert infer_main(other_fold) == 2
@@ -230,6 +241,13 @@ def test_cli_both_stages_fold_and_oof(data, tmp_path, capsys):
                        str(masks), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "wsss-infer: error:" in err and "nope" in err
+    # a bad --device is a one-line error before the checkpoint is loaded, not a traceback
+    assert infer_main([*same, "--device", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wsss-infer: error: --device") and "foo" in err and "Traceback" not in err
+    if not torch.cuda.is_available():
+        assert infer_main([*same, "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
 
 
 @pytest.mark.shared_data
@@ -250,3 +268,28 @@ def test_real_hpa_sample_sizes_and_reference_masks(hpa_sample, tmp_path):
     assert cells[["x1", "y1"]].max().max() <= 512 and cells["p_0"].between(0, 1).all()
     summary2 = run_stage2(GreenRedCAM(), ids[:1], images, masks, settings(out, crop=CropParams(size=32)))
     assert summary2.n_cells == counts[ids[0]]
+
+
+def test_converted_label_map_rebuilt_when_working_size_changes(data, tmp_path):
+    _, masks = data
+    out = tmp_path / "out"
+    full = MaskSource(masks, out, working_size=None).load("img0", (64, 64))
+    assert full.cells.shape == (64, 64) and full.path == out / "label_maps" / "img0.npz"
+    small = MaskSource(masks, out, working_size=32).load("img0", (64, 64))
+    assert small.cells.shape == (32, 32), "a changed masks.working_size rebuilds the converted map"
+    with np.load(small.path) as maps:
+        assert maps["cells"].shape == (32, 32)
+    stamp = small.path.stat().st_mtime_ns
+    assert MaskSource(masks, out, working_size=32).load("img0", (64, 64)).cells.shape == (32, 32)
+    assert small.path.stat().st_mtime_ns == stamp, "a matching converted map is reused"
+
+
+def test_precision_16_on_cpu_is_bf16_like_training():
+    from wsss.infer.cams import amp_name, autocast_context
+
+    assert amp_name("16", "cpu") == "bf16" and amp_name("bf16", "cpu") == "bf16" and amp_name("32", "cpu") == "fp32"
+    with autocast_context(torch.device("cpu"), "16"):
+        y = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+    assert y.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        autocast_context(torch.device("cpu"), "8")

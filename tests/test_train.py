@@ -208,3 +208,67 @@ def test_cli_overrides_and_one_line_errors(tmp_path: Path, data: tuple[Path, Pat
                  "--out", str(tmp_path / "r2"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("wsss-train: error:") and "nope.csv" in err[0]
+
+
+def test_cli_bad_precision_device_and_string_flags(tmp_path: Path, data: tuple[Path, Path], capsys, monkeypatch) -> None:
+    import yaml
+
+    import wsss.train.loop as loop
+    from wsss.cli.train import build_parser, main, resolve_config
+
+    cache, folds = data
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({"model": {"name": "test_resnet"}, "data": {"size": 64, "train_augment": None}}))
+    base = ["--config", str(cfg_path), "--cache", str(cache), "--folds", str(folds), "--out", str(tmp_path / "r"), "-q"]
+    # bad precision / device: one line, exit 2, and nothing built before the check
+    monkeypatch.setattr(loop, "build_loaders", lambda *a, **k: pytest.fail("loaders built before validation"))
+    for extra, needle in ((["--set", "train.precision=fp8", "--device", "cpu"], "precision"),
+                          (["--device", "foo"], "foo")):
+        capsys.readouterr()
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("wsss-train: error:") and needle in err[0]
+    monkeypatch.undo()
+    # --out/--cache/--folds/--device are plain strings, never YAML
+    args = build_parser().parse_args(["--config", str(cfg_path), "--out", "{fold}", "--cache", "512", "--folds", "null",
+                                      "--device", "cpu"])
+    cfg = resolve_config(args)
+    assert cfg["train"]["out"] == "{fold}" and cfg["data"]["cache"] == "512" and cfg["data"]["folds"] == "null"
+    assert loop.resolve_out_dir(cfg, 3) == Path("3")
+    cfg["train"]["out"] = {"fold": None}  # what an unquoted --set train.out={fold} gives
+    with pytest.raises(TrainError, match="train.out"):
+        loop.resolve_out_dir(cfg, 0)
+    # --epochs 0 on a new run: no metrics yet, printed as n/a
+    capsys.readouterr()
+    code = main(base + ["--epochs", "0", "--batch-size", "4", "--precision", "32", "--device", "cpu",
+                        "--set", "data.mean=[0.08,0.15,0.08,0.08]", "--set", "data.std=[0.05,0.2,0.05,0.05]", "--set", "data.num_workers=0"])
+    assert code == 0 and "mAP n/a" in capsys.readouterr().out
+
+
+def test_checkpoint_config_prefers_metadata(tmp_path: Path) -> None:
+    import yaml
+
+    from wsss.models import build_model
+
+    cfg = {"model": {"name": "test_resnet"}, "data": {"size": 64, "mean": [0.1] * 4, "std": [0.2] * 4}}
+    ckpt.save_checkpoint(tmp_path, "best", build_model("test_resnet"), cfg, 1, 0.5)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**cfg, "data": {"size": 128, "mean": [0.9] * 4, "std": [1.0] * 4}}))
+    _, loaded = ckpt.load_model_from_checkpoint(tmp_path / "best.safetensors")
+    assert loaded["data"]["size"] == 64 and loaded["data"]["mean"] == [0.1] * 4
+
+
+def test_resume_warns_about_overridden_lr(tmp_path: Path, data: tuple[Path, Path], caplog) -> None:
+    cfg = tiny_config(tmp_path, *data, epochs=1)
+    fit(copy.deepcopy(cfg), 0)
+    cfg2 = copy.deepcopy(cfg)
+    cfg2["train"]["epochs"], cfg2["train"]["lr"] = 2, 5e-4
+    with caplog.at_level("WARNING", logger="wsss.train.loop"):
+        fit(cfg2, 0, resume=True)
+    assert any("train.lr" in r.getMessage() and "differs" in r.getMessage() for r in caplog.records)
+
+
+def test_all_true_without_ddp() -> None:
+    from wsss.train import ddp
+
+    assert ddp.all_true(True) and not ddp.all_true(False)
+    assert ddp.all_reduce_sum(torch.tensor([1.0, 2.0])).dtype == torch.float64

@@ -84,3 +84,20 @@ def test_torchrun_cli_smoke(tmp_path: Path) -> None:
     # 8 training images over 2 ranks (4 each, batch 2), all 8 validation images gathered from both ranks
     assert int(rows[0]["train_images"]) == 8 and int(rows[0]["val_images"]) == 8
     assert (out / "best.safetensors").is_file() and (out / "last.safetensors").is_file()
+
+
+def _flag_worker(rank: int, init_file: str, result_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    from wsss.train import ddp
+
+    agreed = ddp.all_true(rank == 0)  # rank 1 has a "non-finite loss": both must skip
+    total = ddp.all_reduce_sum(torch.tensor([float(rank + 1)]))
+    torch.save({"agreed": agreed, "total": float(total[0])}, f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_on_skipping_a_step(tmp_path: Path) -> None:
+    mp.spawn(_flag_worker, args=(str(tmp_path / "init"), str(tmp_path / "res")), nprocs=2, join=True)
+    for rank in range(2):
+        r = torch.load(tmp_path / f"res.{rank}", weights_only=True)
+        assert r == {"agreed": False, "total": 3.0}

@@ -2,7 +2,8 @@
 
 Config resolution: built-in defaults (:mod:`wsss.train.defaults`) <- the YAML file <- every
 ``--set key.sub=value`` <- the shortcut flags (``--epochs``, ``--batch-size``, ``--lr``,
-``--precision``, ``--device``, ``--out``, ``--cache``, ``--folds``). The resolved config is saved
+``--precision``, ``--device``, ``--out``, ``--cache``, ``--folds``; taken as typed, the strings
+never parsed as YAML, so ``--out '{fold}'`` or ``--cache 512`` stay strings). The resolved config is saved
 as ``{out}/config.yaml``. Multi-GPU/multi-node: launch the same command under ``torchrun``.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wsss.config import ConfigError, apply_overrides, load_config, merge
+from wsss.config import ConfigError, apply_overrides, load_config, merge, set_dotted
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +55,17 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "train.precision": args.precision, "train.device": args.device, "train.out": args.out,
         "data.cache": args.cache, "data.folds": args.folds,
     }
-    cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in shortcuts.items() if v is not None])
-    if args.precision is not None:
-        cfg["train"]["precision"] = str(args.precision)
+    for key, value in shortcuts.items():
+        if value is not None:
+            set_dotted(cfg, key, value)
     if args.quiet:
         cfg["train"]["progress"] = False
     return cfg
+
+
+def _num(value: float | None) -> str:
+    """``value`` with 4 decimals, ``n/a`` when there is none (e.g. ``--epochs 0``: no epoch ran)."""
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.4f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,13 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from wsss.train.amp import PrecisionError
     from wsss.train.checkpoint import CheckpointError
     from wsss.train.loop import TrainError, fit
 
     try:
         cfg = resolve_config(args)
         summary = fit(cfg, args.fold, resume=args.resume)
-    except (ConfigError, TrainError, CheckpointError) as exc:
+    except (ConfigError, TrainError, CheckpointError, PrecisionError) as exc:
         print(f"wsss-train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -82,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank != 0:
         return 0
     print(f"wsss-train: {summary['epochs']} epochs -> {summary['out']}  best epoch {summary['best_epoch']} "
-          f"(val ComboLoss {summary['best_val_loss']:.4f})  last val macro mAP {summary['val_map']:.4f} "
-          f"(chance {summary['val_map_chance']:.4f})  macro F1 {summary['val_f1']:.4f}")
+          f"(val ComboLoss {_num(summary['best_val_loss'])})  last val macro mAP {_num(summary['val_map'])} "
+          f"(chance {_num(summary['val_map_chance'])})  macro F1 {_num(summary['val_f1'])}")
     return 0
 
 

@@ -15,11 +15,13 @@ Reading, label-map indexing, crop extraction (stage 2) and the cell footprints (
 the DataLoader workers; a failing id (missing/corrupt image or label map) comes back as a failure
 record, is logged on one line, listed in the summary and in ``skipped_{tag}.csv``, and the run
 goes on. Results are written every ``chunk_images`` images through :class:`~wsss.infer.tables.PartWriter`,
-so a killed run resumes by skipping the ids of finished chunks.
+so a killed run resumes by skipping the ids of finished chunks; resuming is refused (:class:`RunError`)
+when the folder was written with another fold, source, checkpoint or scoring settings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -35,9 +37,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from wsss.data.classes import NUM_CLASSES
 from wsss.data.dataset import normalize
 from wsss.data.io import atomic_write_bytes, resize_rgby
-from wsss.infer.cams import autocast_context, check_tta, flip, forward_cams
+from wsss.infer.cams import amp_name, autocast_context, check_tta, flip, forward_cams
 from wsss.infer.crops import CropParams, extract_crops
 from wsss.infer.scoring import CellIndex, ScoreParams, cell_footprints, cell_measures, cell_probabilities, index_cells
 from wsss.infer.sources import ImageSource, InputError, MaskSource
@@ -157,16 +160,47 @@ def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
                       collate_fn=_collate, persistent_workers=False)
 
 
+def scoring_settings(settings: InferSettings, stage: int) -> dict[str, Any]:
+    """The settings that change a stage's scores (stage 1: CAM scoring; stage 2: crops), JSON-friendly."""
+    common = {"mean": list(settings.mean), "std": list(settings.std), "tta": list(settings.tta),
+              "precision": amp_name(settings.precision, settings.device),
+              "mask_working_size": settings.mask_working_size}
+    if stage == 1:
+        return {"input_size": settings.input_size, **common, "score": asdict(settings.score)}
+    return {**common, "crop": asdict(settings.crop), "crop_image_size": settings.crop_image_size}
+
+
+def settings_digest(scoring: dict[str, Any]) -> str:
+    """A short stable digest of :func:`scoring_settings`."""
+    return hashlib.sha256(json.dumps(scoring, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _check_run_info(out_dir: Path, tag: str, info: dict[str, Any]) -> None:
-    """Refuse to resume into a folder written with another fold/source; record this run's identity."""
+    """Refuse to resume into a folder written by another run; record this run's identity.
+
+    A run is identified by its fold, source, checkpoint (``ckpt``, when given) and the digest of
+    its scoring settings (``settings_digest``); any difference from the folder's ``run_{tag}.json``
+    raises :class:`RunError` (keys missing from either side are not compared).
+    """
     path = out_dir / f"run_{tag}.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        for key in ("fold", "source"):
-            if key in old and old[key] != info.get(key):
-                raise RunError(f"{out_dir}: holds a {tag} run with {key}={old[key]!r}, not {info.get(key)!r}; "
-                               f"use another --out")
+        for key in ("fold", "source", "ckpt", "settings_digest"):
+            if key in old and key in info and old[key] != info[key]:
+                if key == "settings_digest":
+                    before, now = old.get("settings", {}), info.get("settings", {})
+                    diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)) or ["?"]
+                    what = f"other scoring settings ({', '.join(diff)} differ)"
+                else:
+                    what = f"{key}={old[key]!r}, not {info[key]!r}"
+                raise RunError(f"{out_dir}: holds a {tag} run with {what}; use a new --out or delete it")
     atomic_write_bytes(path, json.dumps(info, indent=2, default=str).encode())
+
+
+def _run_info(settings: InferSettings, stage: int) -> dict[str, Any]:
+    scoring = scoring_settings(settings, stage)
+    return {"stage": stage, "fold": settings.fold, "source": settings.source, **settings.run_info,
+            "settings_digest": settings_digest(scoring), "settings": scoring}
 
 
 def _select(ids: Sequence[str], writer: PartWriter) -> tuple[list[str], int]:
@@ -229,8 +263,7 @@ def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
     started = time.perf_counter()
     out_dir = Path(settings.out_dir)
     tta = check_tta(settings.tta)
-    _check_run_info(out_dir, "stage1", {"stage": 1, "fold": settings.fold, "source": settings.source,
-                                        **settings.run_info})
+    _check_run_info(out_dir, "stage1", _run_info(settings, 1))
     writer = PartWriter(out_dir, "stage1", ("cells", "images"))
     todo, done_before = _select(ids, writer)
     summary = RunSummary(stage=1, requested=len(set(ids)), already_done=done_before)
@@ -290,8 +323,7 @@ def run_stage2(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
     started = time.perf_counter()
     out_dir = Path(settings.out_dir)
     tta = check_tta(settings.tta)
-    _check_run_info(out_dir, "stage2", {"stage": 2, "fold": settings.fold, "source": settings.source,
-                                        **settings.run_info})
+    _check_run_info(out_dir, "stage2", _run_info(settings, 2))
     writer = PartWriter(out_dir, "stage2", ("cells",))
     todo, done_before = _select(ids, writer)
     summary = RunSummary(stage=2, requested=len(set(ids)), already_done=done_before)
@@ -308,7 +340,8 @@ def run_stage2(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
             continue
         counts = [it["crops"].shape[0] for it in ok]
         crops = torch.cat([it["crops"] for it in ok]) if sum(counts) else None
-        probs = _score_crops(model, crops, settings, tta) if crops is not None else np.zeros((0, 19))
+        probs = (_score_crops(model, crops, settings, tta) if crops is not None
+                 else np.zeros((0, NUM_CLASSES), dtype=np.float32))
         offsets = np.concatenate([[0], np.cumsum(counts)])
         for j, item in enumerate(ok):
             cells: CellIndex = item["cells"]
@@ -358,7 +391,8 @@ def render_overlays(model: nn.Module, ids: Sequence[str], images: ImageSource, m
             src = rgby if not settings.crop_image_size else resize_rgby(rgby, int(settings.crop_image_size))
             crops, _ = extract_crops(normalize(src, settings.mean, settings.std), maps.cells, cells,
                                      settings.crop, raw_zero)
-            cell_p = _score_crops(model, crops, settings, tta) if crops.shape[0] else np.zeros((0, 19))
+            cell_p = (_score_crops(model, crops, settings, tta) if crops.shape[0]
+                      else np.zeros((0, NUM_CLASSES), dtype=np.float32))
             written.append(save_picture(out / f"{image_id}_stage2_crops.png",
                                         crop_sheet(crops, cell_p, settings.mean, settings.std)))
         pic = cell_label_picture(rgby, maps.cells, cells.ids, cell_p, top=top, min_prob=min_prob)

@@ -19,7 +19,8 @@ Label maps (``--masks DIR``), looked up per id in this order:
 PNG label maps whose longer side exceeds ``working_size`` are shrunk by nearest neighbour (sampled
 at pixel centres) to that working scale, and every PNG source is converted once to
 ``OUT/label_maps/{ID}.npz`` in the ``wsss-segment`` format, which becomes the table's
-``mask_path``; so ``mask_path`` always names an ``.npz`` whose ``cells`` array holds the cell ids
+``mask_path``. A converted map is reused only when it is newer than its PNG and its size is the
+working size of the PNG's size under the current ``working_size`` (else it is rebuilt); so ``mask_path`` always names an ``.npz`` whose ``cells`` array holds the cell ids
 and boxes of the table.
 """
 
@@ -131,6 +132,18 @@ def _read_label_png(path: Path) -> np.ndarray:
     return labels
 
 
+def _png_shape(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from a PNG's IHDR header, ``None`` when the file is not a readable PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
 def _load_npz(path: Path) -> LabelMapData:
     try:
         maps = load_label_maps(path)
@@ -163,7 +176,13 @@ class MaskSource:
             return _load_npz(path)
         target = self.converted / f"{image_id}.npz"
         if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
-            return _load_npz(target)
+            png_shape = _png_shape(path)
+            if png_shape is not None:
+                stored = _load_npz(target)
+                if stored.cells.shape == working_shape(*png_shape, self.working_size):
+                    return stored
+                logger.debug("%s: size %s does not match working_size %s; rebuilding",
+                             target, stored.cells.shape, self.working_size)
         cells = _check_cells(_read_label_png(path), path)
         nuclei = None
         if path.name.endswith("_cells.png"):

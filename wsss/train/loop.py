@@ -23,6 +23,7 @@ written at epoch ends; a run killed mid-epoch restarts that epoch.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -217,12 +218,16 @@ def train_step(
     w_rec: float,
     grad_clip: float | None = None,
 ) -> LossTerms | None:
-    """One Puzzle-CAM optimisation step; returns the loss terms, or ``None`` if the loss was not finite."""
+    """One Puzzle-CAM optimisation step; returns the loss terms, or ``None`` if the loss was not finite.
+
+    Under DDP the ranks agree first: if the loss is not finite on any rank, every rank skips the
+    step (a lone rank skipping ``backward`` would leave the others waiting in the gradient all-reduce).
+    """
     optimizer.zero_grad(set_to_none=True)
     with autocast(amp):
         out = model(images, puzzle=True)
     terms = criterion(out, targets, w_rec=w_rec)
-    if not torch.isfinite(terms.total):
+    if not ddp.all_true(bool(torch.isfinite(terms.total))):
         return None
     scaler.scale(terms.total).backward()
     if grad_clip:
@@ -276,7 +281,7 @@ def train_one_epoch(
         state.global_step += 1
         if terms is None:
             skipped += 1
-            logger.warning("step %d: non-finite loss, step skipped", state.global_step)
+            logger.warning("step %d: non-finite loss (on this or another rank), step skipped", state.global_step)
             continue
         _sum_terms(acc, terms, images.shape[0])
         bar.set_postfix(loss=f"{float(terms.total.detach()):.4f}")
@@ -325,9 +330,25 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------ fit
 
 
+def _warn_restored(meta: Mapping[str, str], t: Mapping[str, Any], optimizer: torch.optim.Optimizer, sampler: Any) -> None:
+    """Warn when ``train.lr`` or ``train.samples_per_epoch`` differ from the run being resumed (its state wins)."""
+    try:
+        saved = json.loads(meta.get("config") or "{}").get("train", {})
+    except (ValueError, AttributeError):
+        return
+    if "lr" in saved and float(t["lr"]) != float(saved["lr"]):
+        logger.warning("resume: train.lr %g differs from the resumed run's %g; the restored optimizer state wins "
+                       "(lr now %g)", float(t["lr"]), float(saved["lr"]), optimizer.param_groups[0]["lr"])
+    if (hasattr(sampler, "load_state_dict") and "samples_per_epoch" in saved
+            and t.get("samples_per_epoch") != saved["samples_per_epoch"]):
+        logger.warning("resume: train.samples_per_epoch %s differs from the resumed run's %s; the restored sampler "
+                       "state wins (%s samples per epoch on this rank)", t.get("samples_per_epoch"),
+                       saved["samples_per_epoch"], getattr(sampler, "num_samples", "?"))
+
+
 def _resume(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-    scaler: torch.amp.GradScaler, sampler: Any,
+    scaler: torch.amp.GradScaler, sampler: Any, t: Mapping[str, Any] | None = None,
 ) -> TrainState:
     sd, state, meta = load_resume_state(path)
     try:
@@ -341,6 +362,8 @@ def _resume(
         raise TrainError(f"{path}: cannot resume this run with the current config ({str(exc).splitlines()[0]})") from None
     if state.get("sampler") and hasattr(sampler, "load_state_dict"):
         sampler.load_state_dict(state["sampler"])
+    if t is not None:
+        _warn_restored(meta, t, optimizer, sampler)
     ts = TrainState(epoch=int(state["epoch"]), global_step=int(state["global_step"]),
                     best_loss=float(state["best_loss"]), best_epoch=int(state["best_epoch"]),
                     history=list(state.get("history", [])))
@@ -382,8 +405,14 @@ def build_optimizer(model: torch.nn.Module, t: Mapping[str, Any]) -> tuple[torch
 
 
 def resolve_out_dir(cfg: Mapping[str, Any], fold: int) -> Path:
-    """``train.out`` with ``{name}``, ``{model}`` and ``{fold}`` filled in."""
-    return Path(str(cfg["train"]["out"]).format(name=cfg.get("name", "puzzlecam"), model=cfg["model"]["name"], fold=fold))
+    """``train.out`` with ``{name}``, ``{model}`` and ``{fold}`` filled in (:class:`TrainError` if it is not a path)."""
+    out = cfg["train"]["out"]
+    if not isinstance(out, (str, Path)):
+        raise TrainError(f"train.out must be a path, got {out!r} (quote a value like '{{fold}}' in --set)")
+    try:
+        return Path(str(out).format(name=cfg.get("name", "puzzlecam"), model=cfg["model"]["name"], fold=fold))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise TrainError(f"train.out {out!r}: only {{name}}, {{model}} and {{fold}} can be filled in ({exc!r})") from None
 
 
 def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> dict[str, Any]:
@@ -392,18 +421,26 @@ def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> di
     ``resume``: ``False`` starts a new run (refusing a folder that already has ``last``),
     ``True`` continues from ``{out}/last.safetensors`` when it exists (else starts fresh), a
     path continues from that checkpoint.
+
+    The device and ``train.precision`` are checked before anything else (:class:`TrainError`,
+    :class:`~wsss.train.amp.PrecisionError`).
     """
     info = ddp.env_info()
     t = cfg["train"]
-    device = ddp.resolve_device(t.get("device"), info)
+    try:
+        device = ddp.resolve_device(None if t.get("device") is None else str(t.get("device")), info)
+    except (RuntimeError, ValueError) as exc:
+        raise TrainError(f"device {t.get('device')!r}: {str(exc).splitlines()[0]}") from None
+    amp = resolve_precision(t["precision"], device)
     ddp.init_distributed(device, info)
     try:
-        return _fit(cfg, fold, resume, info, device)
+        return _fit(cfg, fold, resume, info, device, amp)
     finally:
         ddp.cleanup()
 
 
-def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.DistInfo, device: torch.device) -> dict[str, Any]:
+def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.DistInfo, device: torch.device,
+         amp: AmpSettings) -> dict[str, Any]:
     t = cfg["train"]
     out = resolve_out_dir(cfg, fold)
     cfg["train"]["fold"] = fold
@@ -441,12 +478,11 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
 
     train_loader, val_loader, sampler, val_y = build_loaders(cfg, fold, info, device)
     optimizer, scheduler = build_optimizer(net, t)
-    amp = resolve_precision(t["precision"], device)
     scaler = make_scaler(amp)
     loss_cfg = cfg["loss"]
     criterion = ComboLoss(loss_cfg["w_full"], loss_cfg["w_puzzle"], loss_cfg["w_rec"], loss_cfg.get("rec_mask_by_labels", False))
 
-    state = _resume(resume_path, net, optimizer, scheduler, scaler, sampler) if resume_path else TrainState()
+    state = _resume(resume_path, net, optimizer, scheduler, scaler, sampler, t) if resume_path else TrainState()
     progress = bool(t.get("progress", True)) and info.is_main
     tb = TensorBoardLogger(out / "tensorboard", enabled=bool(t.get("tensorboard", True)) and info.is_main)
     if info.is_main:

@@ -257,18 +257,25 @@ def _record_failures(batch: list[dict[str, Any]], summary: RunSummary) -> list[d
     return ok
 
 
+def _start_run(ids: Sequence[str], settings: InferSettings, stage: int, tables: tuple[str, ...],
+               ) -> tuple[Path, tuple[str, ...], PartWriter, list[str], RunSummary]:
+    """Common start of a stage: check the run folder, open its part writer, pick the ids left to do."""
+    out_dir = Path(settings.out_dir)
+    tta = check_tta(settings.tta)
+    _check_run_info(out_dir, f"stage{stage}", _run_info(settings, stage))
+    writer = PartWriter(out_dir, f"stage{stage}", tables)
+    todo, done_before = _select(ids, writer)
+    summary = RunSummary(stage=stage, requested=len(set(ids)), already_done=done_before)
+    if done_before:
+        logger.info("stage %d: %d ids already done, %d to go", stage, done_before, len(todo))
+    return out_dir, tta, writer, todo, summary
+
+
 def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
                settings: InferSettings) -> RunSummary:
     """Stage 1 over ``ids`` (resumable); writes ``cells_stage1`` / ``images_stage1`` tables."""
     started = time.perf_counter()
-    out_dir = Path(settings.out_dir)
-    tta = check_tta(settings.tta)
-    _check_run_info(out_dir, "stage1", _run_info(settings, 1))
-    writer = PartWriter(out_dir, "stage1", ("cells", "images"))
-    todo, done_before = _select(ids, writer)
-    summary = RunSummary(stage=1, requested=len(set(ids)), already_done=done_before)
-    if done_before:
-        logger.info("stage 1: %d ids already done, %d to go", done_before, len(todo))
+    out_dir, tta, writer, todo, summary = _start_run(ids, settings, 1, ("cells", "images"))
     model.eval()
     cam_hw = probe_cam_size(model, settings.input_size, settings.device)
     dataset = _Items(todo, images, masks, settings, stage=1, cam_hw=cam_hw)
@@ -321,14 +328,7 @@ def run_stage2(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
                settings: InferSettings) -> RunSummary:
     """Stage 2 over ``ids`` (resumable); writes the ``cells_stage2`` table."""
     started = time.perf_counter()
-    out_dir = Path(settings.out_dir)
-    tta = check_tta(settings.tta)
-    _check_run_info(out_dir, "stage2", _run_info(settings, 2))
-    writer = PartWriter(out_dir, "stage2", ("cells",))
-    todo, done_before = _select(ids, writer)
-    summary = RunSummary(stage=2, requested=len(set(ids)), already_done=done_before)
-    if done_before:
-        logger.info("stage 2: %d ids already done, %d to go", done_before, len(todo))
+    out_dir, tta, writer, todo, summary = _start_run(ids, settings, 2, ("cells",))
     model.eval()
     dataset = _Items(todo, images, masks, settings, stage=2)
     chunk = _Chunk()

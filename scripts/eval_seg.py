@@ -121,26 +121,12 @@ def _print_summary(groups: dict) -> None:
               f"pooled AP {pooled:.3f} (tp {tp}, fp {fp}, fn {fn}), pooled recall {tp / max(tp + fn, 1):.3f}")
 
 
-def read_synth_truth(root: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Ground-truth ``(cells, nuclei)`` of a wsss-synth image (via ``wsss.data.synth`` if present)."""
-    try:
-        from wsss.data.synth import read_truth
-    except ImportError:
-        read_truth = None
-    if read_truth is not None:
-        cells, nuclei = read_truth(root, image_id)
-        return np.asarray(cells), np.asarray(nuclei)
-    from hpa_seg.masks import read_label_file
-
-    return (read_label_file(root / "masks" / f"{image_id}_cells.png"),
-            read_label_file(root / "masks" / f"{image_id}_nuclei.png"))
-
-
 def eval_synth(args: argparse.Namespace) -> int:
     """Cell and nucleus agreement with the synthetic ground truth."""
     from hpa_seg import segment
     from hpa_seg.evaluate import agreement, resize_labels
     from wsss.data.io import list_image_ids, read_rgby
+    from wsss.data.synth import read_truth
 
     images = args.dir / "train"
     if not images.is_dir():
@@ -154,7 +140,7 @@ def eval_synth(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for image_id in list_image_ids(images):
         rgby = read_rgby(images, image_id)
-        true_cells, true_nuc = read_synth_truth(args.dir, image_id)
+        true_cells, true_nuc = read_truth(args.dir, image_id)
         t0 = time.perf_counter()
         cells, nuclei = segment(rgby, args.size or None, params)
         times.append(time.perf_counter() - t0)

@@ -236,6 +236,15 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.done)
 
+    def add(self, item: dict[str, Any], settings: InferSettings, cell_probs: np.ndarray, summary: RunSummary) -> None:
+        """Queue one finished image's per-cell rows and count it in ``summary``."""
+        cells: CellIndex = item["cells"]
+        self.cells.append(cell_frame(item["id"], settings.source, settings.fold, cells, cell_probs,
+                                     item["orig_hw"], item["mask_path"]))
+        self.done.append((item["id"], settings.fold, cells.num_cells))
+        summary.processed.append(item["id"])
+        summary.n_cells += cells.num_cells
+
     def flush(self, writer: PartWriter) -> None:
         if not self.done:
             return
@@ -291,13 +300,8 @@ def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
         for j, item in enumerate(ok):
             overlap, magnitude = cell_measures(item["footprints"], cams[j], settings.score.threshold)
             cell_p = cell_probabilities(overlap, magnitude, probs_np[j], settings.score)
-            cells: CellIndex = item["cells"]
-            chunk.cells.append(cell_frame(item["id"], settings.source, settings.fold, cells, cell_p,
-                                          item["orig_hw"], item["mask_path"]))
             chunk.images.append(image_frame([item["id"]], settings.source, settings.fold, probs_np[j:j + 1]))
-            chunk.done.append((item["id"], settings.fold, cells.num_cells))
-            summary.processed.append(item["id"])
-            summary.n_cells += cells.num_cells
+            chunk.add(item, settings, cell_p, summary)
         if len(chunk) >= settings.chunk_images:
             chunk.flush(writer)
     chunk.flush(writer)
@@ -344,12 +348,7 @@ def run_stage2(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
                  else np.zeros((0, NUM_CLASSES), dtype=np.float32))
         offsets = np.concatenate([[0], np.cumsum(counts)])
         for j, item in enumerate(ok):
-            cells: CellIndex = item["cells"]
-            chunk.cells.append(cell_frame(item["id"], settings.source, settings.fold, cells,
-                                          probs[offsets[j]:offsets[j + 1]], item["orig_hw"], item["mask_path"]))
-            chunk.done.append((item["id"], settings.fold, cells.num_cells))
-            summary.processed.append(item["id"])
-            summary.n_cells += cells.num_cells
+            chunk.add(item, settings, probs[offsets[j]:offsets[j + 1]], summary)
         if len(chunk) >= settings.chunk_images:
             chunk.flush(writer)
     chunk.flush(writer)

@@ -30,11 +30,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hpa_seg.io import LabelMapError, load_label_maps, save_label_maps
-from wsss.data.io import ImageReadError, list_image_ids, read_rgby, read_rgby_png
+from wsss.data.io import ImageReadError, list_image_ids, read_label_png, read_rgby, read_rgby_png
 from wsss.data.prepare import MANIFEST_NAME, cache_path, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -118,15 +117,10 @@ def working_shape(height: int, width: int, working_size: int | None) -> tuple[in
 
 
 def _read_label_png(path: Path) -> np.ndarray:
-    data = np.fromfile(str(path), dtype=np.uint8)
-    labels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if labels is None:
-        raise InputError(f"mask: {path}: not a readable PNG (corrupt or empty file)")
-    if labels.ndim == 3:
-        if labels.shape[2] == 1:
-            labels = labels[:, :, 0]
-        else:
-            raise InputError(f"mask: {path}: expected a single-channel label PNG, got {labels.shape[2]} channels")
+    try:
+        labels = read_label_png(path)
+    except ImageReadError as exc:
+        raise InputError(f"mask: {exc}") from None
     if labels.dtype not in (np.uint8, np.uint16):
         raise InputError(f"mask: {path}: expected uint8 or uint16 labels, got {labels.dtype}")
     return labels

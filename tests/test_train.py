@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from test_train_helpers import make_cache, tiny_config
 
 from wsss.train import checkpoint as ckpt
-from wsss.train.amp import PrecisionError, autocast, make_scaler, resolve_precision
+from wsss.precision import PrecisionError, autocast, make_scaler, resolve_precision
 from wsss.train.loop import TrainError, fit
 
 AUG = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "RandomRotate90", "p": 0.5}]

@@ -5,7 +5,7 @@ Steps (each one a console script of the project, called in-process, each resumab
 1. ``wsss-synth``: a synthetic HPA-like set with per-cell truth;
 2. ``wsss-prepare``: the RGBY cache at the working size;
 3. ``wsss-folds``: 4 multilabel-stratified folds;
-4. ``wsss-train``: the tiny Puzzle-CAM config on folds 1-3 (fold 0 is validation), 16 epochs;
+4. ``wsss-train``: a small Puzzle-CAM config on folds 1-3 (fold 0 is validation), one line per epoch;
 5. ``wsss-segment``: cell masks of the fold-0 images with ``hpa_seg``;
 6. ``wsss-infer --stage 1`` and ``--stage 2`` on fold 0 (out of fold);
 7. the naive baseline (every cell gets its image's probabilities), the stage-1 + stage-2
@@ -15,6 +15,11 @@ Steps (each one a console script of the project, called in-process, each resumab
    as one table and saved as CSV; overlay pictures of predicted vs true cell labels.
 
 Every step skips what a previous run already finished, so a killed demo resumes where it stopped.
+
+Two budgets (:data:`BUDGETS`): the default fits in 5 minutes on a 2-core AVX2 CPU without native
+bf16 (``configs/cpu_demo.yaml``, a quarter-width resnet10t); ``--full`` trains ``configs/cpu_tiny.yaml``
+(resnet10t) longer on the same data, for better numbers (about 5 minutes with AMX, about 40 without).
+Precision is ``auto`` (:mod:`wsss.precision`); the choice is printed first.
 """
 
 from __future__ import annotations
@@ -37,8 +42,24 @@ from wsss.data.prepare import cache_path
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = ROOT / "configs" / "cpu_tiny.yaml"
 METHODS: tuple[str, ...] = ("naive", "stage1", "stage2", "ensemble")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work a demo run does: data, training config and epochs."""
+
+    count: int
+    size: int
+    config: Path
+    epochs: int
+
+
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget(count=400, size=256, config=ROOT / "configs" / "cpu_demo.yaml", epochs=20),
+    "full": Budget(count=400, size=256, config=ROOT / "configs" / "cpu_tiny.yaml", epochs=16),
+}
+DEFAULT_CONFIG = BUDGETS["quick"].config
 
 
 class DemoError(RuntimeError):
@@ -54,7 +75,7 @@ class DemoSettings:
     size: int = 256
     seed: int = 0
     config: Path = DEFAULT_CONFIG
-    epochs: int | None = 16
+    epochs: int | None = 20
     workers: int = 2
     overlays: int = 4
 
@@ -67,21 +88,45 @@ def build_parser() -> argparse.ArgumentParser:
                     "segment, stage 1, stage 2, ensemble, submission, per-cell mAP) and print the "
                     "comparison table. Resumable: finished steps are skipped.",
     )
+    quick, full = BUDGETS["quick"], BUDGETS["full"]
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (default demo_out)")
-    parser.add_argument("--count", type=int, default=400, help="synthetic images (default 400)")
-    parser.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    parser.add_argument("--full", action="store_true",
+                        help=f"the longer, better run: {full.config.name} (resnet10t), {full.epochs} epochs "
+                             f"(default: {quick.config.name}, {quick.epochs} epochs, under 5 minutes on 2 CPU cores)")
+    parser.add_argument("--count", type=int, default=None, help=f"synthetic images (default {quick.count})")
+    parser.add_argument("--size", type=int, default=None, help=f"image side in px (default {quick.size})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the folds (default 0)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config (default cpu_tiny)")
-    parser.add_argument("--epochs", type=int, default=16,
-                        help="training epochs (default 16, about 4 min on 2 CPU cores; 0 = the config's)")
+    parser.add_argument("--config", type=Path, default=None, help="training config (default: the budget's)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the budget's; 0 = the config's)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--overlays", type=int, default=4, help="overlay pictures to write (default 4)")
     return parser
 
 
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """:class:`DemoSettings` from the parsed arguments: the chosen budget, then any explicit flag."""
+    budget = BUDGETS["full" if args.full else "quick"]
+    return DemoSettings(out=args.out, count=args.count or budget.count, size=args.size or budget.size, seed=args.seed,
+                        config=args.config or budget.config,
+                        epochs=budget.epochs if args.epochs is None else args.epochs,
+                        workers=args.workers, overlays=args.overlays)
+
+
+def show_progress() -> None:
+    """Let the training loop's per-epoch lines and the precision choice through to the console."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[train] %(message)s"))
+    for name in ("wsss.train.loop", "wsss.precision"):
+        log = logging.getLogger(name)
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        log.propagate = False
+
+
 def _call(name: str, entry: Callable[[Sequence[str] | None], int], argv: list[str]) -> None:
     """Run one console script's ``main`` in-process; a non-zero exit becomes :class:`DemoError`."""
     logger.info("[demo] %s %s", name, " ".join(argv))
+    print(f"[demo] {name} ...", flush=True)
     start = time.perf_counter()
     code = entry(argv)
     if code not in (0, None):
@@ -245,6 +290,8 @@ def run_demo(s: DemoSettings) -> pd.DataFrame:
                         f"scripts/install.sh, or pass --config)")
     s.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    epochs = f"{s.epochs} epochs" if s.epochs else "the config's epochs"
+    print(f"[demo] {s.count} synthetic images at {s.size} px; training {Path(s.config).name} for {epochs}", flush=True)
     ids = prepare_data(s, p)
     train(s, p)
     segment_and_infer(s, p, ids)
@@ -263,8 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wsss-demo``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = DemoSettings(out=args.out, count=args.count, size=args.size, seed=args.seed, config=args.config,
-                            epochs=args.epochs, workers=args.workers, overlays=args.overlays)
+    show_progress()
+    settings = settings_from_args(args)
     try:
         run_demo(settings)
     except DemoError as exc:

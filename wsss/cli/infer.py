@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default from config: cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="images (stage 1) or crops (stage 2) per forward")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers")
-    p.add_argument("--precision", choices=("32", "16", "bf16"), default=None, help="autocast precision")
+    p.add_argument("--precision", choices=("auto", "32", "16", "bf16"), default=None,
+                   help="autocast precision (default auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32)")
     p.add_argument("--tta", action="store_true", help="flip TTA (modes from tta_modes in the config)")
     p.add_argument("--config", type=Path, default=None, help="YAML merged over the defaults (configs/infer.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -88,7 +89,9 @@ def select_ids(args: argparse.Namespace, all_ids: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from wsss.infer.cams import amp_settings
     from wsss.infer.runner import render_overlays, run_stage1, run_stage2
+    from wsss.precision import describe
     from wsss.infer.settings import build_settings, resolve_checkpoint, resolve_device
     from wsss.infer.sources import ImageSource, MaskSource
     from wsss.train.checkpoint import load_model_from_checkpoint
@@ -102,10 +105,13 @@ def _run(args: argparse.Namespace) -> int:
     settings = build_settings(cfg, args.out, args.stage, model_cfg,
                               fold=-1 if args.fold is None else args.fold,
                               run_info={"ckpt": str(ckpt.resolve())})
+    amp = amp_settings(settings.precision, settings.device)
+    logger.info("%s", describe(amp))
     args.out.mkdir(parents=True, exist_ok=True)
     save_config({**cfg, "resolved": {"ckpt": str(ckpt.resolve()), "input_size": settings.input_size,
                                      "mean": list(settings.mean), "std": list(settings.std),
-                                     "source": settings.source, "fold": settings.fold}},
+                                     "source": settings.source, "fold": settings.fold,
+                                     "precision": amp.canonical, "autocast": amp.name, "why": describe(amp)}},
                 args.out / f"config_stage{args.stage}.yaml")
     if not args.overlay_only:
         ids = select_ids(args, images.list_ids())

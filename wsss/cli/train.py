@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss.config import ConfigError, apply_overrides, load_config, merge, set_dotted
+from wsss.precision import PRECISION_CHOICES, PrecisionError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--batch-size", type=int, help="override train.batch_size (per process)")
     p.add_argument("--lr", type=float, help="override train.lr")
-    p.add_argument("--precision", choices=["16", "bf16", "32"], help="16: fp16 on CUDA / bf16 on CPU; bf16; 32: off")
+    p.add_argument("--precision", choices=list(PRECISION_CHOICES),
+                   help="auto (default): fp16+GradScaler on CUDA, bf16 on a CPU with native bf16 (AMX/AVX512-BF16), "
+                        "else fp32; 16: fp16 on CUDA / bf16 on CPU; bf16; 32: off")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--cache", help="override data.cache (wsss-prepare output folder)")
     p.add_argument("--folds", help="override data.folds (wsss-folds output CSV)")
@@ -74,7 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from wsss.train.amp import PrecisionError
     from wsss.train.checkpoint import CheckpointError
     from wsss.train.loop import TrainError, fit
 

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.train.amp import AmpSettings, autocast, resolve_precision
+from wsss.precision import PRECISION_CHOICES, AmpSettings, autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
 TTA_MODES: tuple[str, ...] = ("hflip", "vflip", "hvflip")
 _FLIP_DIMS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
-PRECISIONS: tuple[str, ...] = ("32", "16", "bf16")
+PRECISIONS: tuple[str, ...] = PRECISION_CHOICES
 
 
 def check_tta(tta: Sequence[str]) -> tuple[str, ...]:
@@ -80,24 +80,29 @@ def flip(x: torch.Tensor, mode: str) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _amp(precision: str, device_type: str) -> AmpSettings:
-    return resolve_precision(precision, device_type)  # cached: resolve (and log) once, not per batch
+    return resolve_precision(precision, device_type)  # cached: resolve (and warn) once, not per batch
+
+
+def amp_settings(precision: str, device: torch.device | str) -> AmpSettings:
+    """The resolved :class:`~wsss.precision.AmpSettings` of ``precision`` on ``device`` (cached per device type)."""
+    return _amp(str(precision), torch.device(device).type)
 
 
 def amp_name(precision: str, device: torch.device | str) -> str:
     """The autocast dtype ``precision`` means on ``device``: ``fp32``, ``fp16`` or ``bf16``."""
-    return _amp(str(precision), torch.device(device).type).name
+    return amp_settings(precision, device).name
 
 
 def autocast_context(device: torch.device, precision: str):
-    """Autocast for ``precision`` on ``device`` as in training (:mod:`wsss.train.amp`; see the module doc).
+    """Autocast for ``precision`` on ``device`` as in training (:mod:`wsss.precision`; see the module doc).
 
-    An unknown precision raises :class:`~wsss.train.amp.PrecisionError` (a ``ValueError``).
+    An unknown precision raises :class:`~wsss.precision.PrecisionError` (a ``ValueError``).
     """
-    return autocast(_amp(str(precision), torch.device(device).type))
+    return autocast(amp_settings(precision, device))
 
 
 @torch.inference_mode()
-def forward_cams(model: nn.Module, x: torch.Tensor, tta: Sequence[str] = (), precision: str = "32"
+def forward_cams(model: nn.Module, x: torch.Tensor, tta: Sequence[str] = (), precision: str = "auto"
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batched forward pass (all TTA views together) -> ``(probs B x C, cams B x C x h x w)``.
 

@@ -64,7 +64,7 @@ class InferSettings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 8
     workers: int = 0
-    precision: str = "32"
+    precision: str = "auto"
     tta: tuple[str, ...] = ()
     chunk_images: int = 64
     source: str = "stage1"
@@ -309,7 +309,7 @@ def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
 
 
 @torch.inference_mode()
-def forward_probs(model: nn.Module, x: torch.Tensor, tta: Sequence[str] = (), precision: str = "32") -> torch.Tensor:
+def forward_probs(model: nn.Module, x: torch.Tensor, tta: Sequence[str] = (), precision: str = "auto") -> torch.Tensor:
     """Sigmoid probabilities ``B x C`` of a batch, averaged over flip TTA views (one forward pass)."""
     modes = check_tta(tta)
     batch = torch.cat([x] + [flip(x, m) for m in modes], dim=0) if modes else x

@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "batch_size": 8,
     "workers": 2,
-    "precision": "32",
+    "precision": "auto",
     "tta": False,
     "tta_modes": ["hflip", "vflip"],
     "chunk_images": 64,

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALIASES",
+    "VARIANTS",
     "WRITEUP_BACKBONES",
     "ModelError",
     "PretrainedError",
@@ -47,6 +48,14 @@ WRITEUP_BACKBONES: tuple[str, ...] = (
 ALIASES: dict[str, str] = {
     "gluon_seresnext101_32x4d": "seresnext101_32x4d",
     "regnety_64": "regnety_064",
+}
+# Narrow variants of timm architectures for CPU demos and tests: name -> (timm name, extra
+# create_model arguments). resnet10t_w16 is resnet10t at a quarter of its width (stages of 16-128
+# channels, an 8-channel deep stem, 0.3 M parameters): a Puzzle-CAM step at 256 px, output stride
+# 16, costs about a tenth of resnet10t's on a 2-core AVX2 CPU (scripts/bench_train.py).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "resnet10t_w16": ("resnet10t", {"channels": (16, 32, 64, 128), "stem_width": 8}),
+    "resnet10t_w32": ("resnet10t", {"channels": (32, 64, 128, 256), "stem_width": 16}),
 }
 
 # name -> fn(in_chans, output_stride) -> (backbone, num_features, stride)
@@ -76,8 +85,8 @@ def resolve_name(name: str) -> str:
 def _timm_backbone(name: str, in_chans: int, output_stride: int | None) -> tuple[nn.Module, int, int]:
     import timm
 
-    timm_name = resolve_name(name)
-    kwargs: dict = dict(pretrained=False, in_chans=in_chans, num_classes=0, global_pool="")
+    timm_name, extra = VARIANTS.get(name, (resolve_name(name), {}))
+    kwargs: dict = dict(pretrained=False, in_chans=in_chans, num_classes=0, global_pool="", **extra)
     if output_stride is not None and output_stride != 32:
         kwargs["output_stride"] = output_stride
     try:
@@ -109,7 +118,8 @@ def build_model(
     """Build a :class:`PuzzleCAM` over backbone ``name`` with an ``in_chans``-channel stem.
 
     Args:
-        name: a registered backbone, a timm model name, or an alias in :data:`ALIASES`.
+        name: a registered backbone, a timm model name, an alias in :data:`ALIASES` or a
+            narrow variant in :data:`VARIANTS`.
         num_classes: CAMs per image (19 for HPA).
         in_chans: input channels (4 for RGBY).
         pretrained_file: local timm-layout state dict (``.safetensors`` / ``.pth``) with 3-channel

@@ -46,9 +46,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "sampler": "balanced",  # balanced | shuffle
         "sampler_clip_class": 8,
         "samples_per_epoch": None,  # default: number of training images
-        "precision": "16",  # 16 (fp16 on CUDA, bf16 on CPU) | bf16 | 32
+        "precision": "auto",  # auto (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32) | 16 | bf16 | 32
         "grad_clip": None,
-        "channels_last": False,
+        "channels_last": "auto",  # auto (on for CUDA and native-bf16 CPUs, off for fp32 on a CPU) | true | false
         "sync_bn": False,
         "f1_threshold": 0.5,
         "seed": 0,
@@ -56,6 +56,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "out": "runs/{name}_fold{fold}",
         "tensorboard": True,  # used only when tensorboard is installed
         "progress": True,
+        "resolved": None,  # written by training: the precision/channels_last actually used, and why
     },
 }
 

@@ -49,7 +49,7 @@ from wsss.losses import ComboLoss, LossTerms, rec_weight
 from wsss.metrics.image import chance_map, macro_f1, macro_map
 from wsss.models import PuzzleCAM, build_model
 from wsss.train import ddp
-from wsss.train.amp import AmpSettings, autocast, make_scaler, resolve_precision
+from wsss.precision import AmpSettings, autocast, describe, make_scaler, resolve_channels_last, resolve_precision
 from wsss.train.checkpoint import load_resume_state, save_checkpoint
 from wsss.train.logs import TensorBoardLogger, plot_curves, write_history_csv
 
@@ -270,7 +270,7 @@ def train_one_epoch(
     w = 0.0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {state.epoch + 1} train", leave=False, disable=not progress, dynamic_ncols=True)
-    channels_last = bool(cfg["train"].get("channels_last"))
+    channels_last = uses_channels_last(cfg["train"])
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
         if channels_last:
@@ -328,6 +328,29 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------------ fit
+
+
+def uses_channels_last(t: Mapping[str, Any]) -> bool:
+    """Whether the run keeps tensors in channels_last: ``train.resolved`` once :func:`fit` has resolved it."""
+    resolved = t.get("resolved") or {}
+    if "channels_last" in resolved:
+        return bool(resolved["channels_last"])
+    return t.get("channels_last") is True
+
+
+def resolve_hardware(t: dict[str, Any], device: torch.device, info: ddp.DistInfo) -> AmpSettings:
+    """Resolve ``train.precision`` and ``train.channels_last`` for ``device`` and record them as ``train.resolved``.
+
+    ``train.resolved`` (saved with the config) holds the explicit values that reproduce the run
+    elsewhere (``precision``: 32, 16 or bf16; ``channels_last``: true/false) and the reason.
+    """
+    amp = resolve_precision(t["precision"], device, warn=info.is_main)
+    channels_last = resolve_channels_last(t.get("channels_last"), amp)
+    t["resolved"] = {"precision": amp.canonical, "autocast": amp.name, "grad_scaler": amp.use_scaler,
+                     "channels_last": channels_last, "device": str(device), "why": describe(amp)}
+    if info.is_main:
+        logger.info("%s; channels_last %s", describe(amp), "on" if channels_last else "off")
+    return amp
 
 
 def _warn_restored(meta: Mapping[str, str], t: Mapping[str, Any], optimizer: torch.optim.Optimizer, sampler: Any) -> None:
@@ -423,7 +446,7 @@ def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> di
     path continues from that checkpoint.
 
     The device and ``train.precision`` are checked before anything else (:class:`TrainError`,
-    :class:`~wsss.train.amp.PrecisionError`).
+    :class:`~wsss.precision.PrecisionError`).
     """
     info = ddp.env_info()
     t = cfg["train"]
@@ -431,7 +454,7 @@ def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> di
         device = ddp.resolve_device(None if t.get("device") is None else str(t.get("device")), info)
     except (RuntimeError, ValueError) as exc:
         raise TrainError(f"device {t.get('device')!r}: {str(exc).splitlines()[0]}") from None
-    amp = resolve_precision(t["precision"], device)
+    amp = resolve_hardware(t, device, info)
     ddp.init_distributed(device, info)
     try:
         return _fit(cfg, fold, resume, info, device, amp)
@@ -468,7 +491,7 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
     except (ValueError, RuntimeError) as exc:
         raise TrainError(f"model: {exc}") from None
     model.to(device)
-    if t.get("channels_last"):
+    if uses_channels_last(t):
         model.to(memory_format=torch.channels_last)
     if info.enabled and t.get("sync_bn"):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -499,7 +522,7 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         tr = train_one_epoch(net, train_loader, criterion, optimizer, scaler, amp, device, state, cfg, progress)
-        va = evaluate(net, val_loader, criterion, amp, device, progress, bool(t.get("channels_last")))
+        va = evaluate(net, val_loader, criterion, amp, device, progress, uses_channels_last(t))
         if scheduler is not None:
             scheduler.step(va.loss)
         state.epoch = epoch + 1
@@ -525,8 +548,9 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
             plot_curves(out / "curves.png", state.history, title=f"{cfg.get('name')} fold {fold}")
             tb.log(row, state.epoch)
             logger.info("epoch %d/%d  train %.4f (full %.4f puzzle %.4f rec %.4f)  val %.4f  F1 %.3f  mAP %.3f "
-                        "(chance %.3f)  %.1f img/s%s", state.epoch, epochs, tr.loss, tr.full, tr.puzzle, tr.rec,
-                        va.loss, row["val_f1"], row["val_map"], chance, row["train_img_per_s"], "  *best*" if improved else "")
+                        "(chance %.3f)  %.1f img/s  %.1f s%s", state.epoch, epochs, tr.loss, tr.full, tr.puzzle, tr.rec,
+                        va.loss, row["val_f1"], row["val_map"], chance, row["train_img_per_s"], row["epoch_seconds"],
+                        "  *best*" if improved else "")
         ddp.barrier()
     tb.close()
     last_row = state.history[-1] if state.history else {}

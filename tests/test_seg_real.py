@@ -12,7 +12,7 @@ from hpa_seg.evaluate import agreement
 from wsss.masks import read_label_file, resize_labels
 from wsss.data.io import list_image_ids, read_rgby
 
-pytestmark = pytest.mark.shared_data
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
 def test_agreement_with_reference_masks_at_512(hpa_sample: Path) -> None:

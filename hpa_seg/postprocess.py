@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from wsss.masks import align_nuclei_ids, apply_lut, border_flags, label_areas, relabel_sequential  # noqa: F401
+from wsss.masks import border_flags, label_areas
 
 logger = logging.getLogger(__name__)
 

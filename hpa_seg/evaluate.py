@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from wsss.data.io import resize_labels as _resize_labels
+from wsss.masks import greedy_match, label_overlap
 
 logger = logging.getLogger(__name__)
 
@@ -59,69 +59,30 @@ class Agreement:
         return asdict(self)
 
 
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a label map to ``shape`` (height, width) with the project's nearest-neighbour rule.
-
-    Delegates to :func:`wsss.data.io.resize_labels`, so segmentation, submission and metrics agree.
-    """
-    return _resize_labels(labels, int(shape[0]), int(shape[1]))
-
-
-def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map the non-zero labels of ``labels`` onto 1..n; return (compact map as int64, original ids)."""
-    flat = np.asarray(labels).reshape(-1).astype(np.int64, copy=False)
-    ids = np.unique(flat)
-    ids = ids[ids != 0]
-    compact = np.searchsorted(np.concatenate(([0], ids)), flat)
-    return compact, ids
-
-
 def match_instances(pred: np.ndarray, ref: np.ndarray, iou: float = 0.6) -> Match:
     """Match the instances of two label maps of the same shape at an IoU threshold.
 
-    Returns the matched ``(pred id, ref id)`` pairs with their IoU. For thresholds below 0.5 a
-    greedy one-to-one assignment in decreasing IoU order is used.
+    IoUs come from the one overlap kernel (:func:`wsss.masks.label_overlap`), pairs from the one
+    matcher (:func:`wsss.masks.greedy_match`: one-to-one, in decreasing IoU order; above 0.5 that
+    is simply every pair at or over the threshold). Returns the matched ``(pred id, ref id)``
+    pairs with their IoU, in the order of the predicted ids.
     """
     pred = np.asarray(pred)
     ref = np.asarray(ref)
     if pred.shape != ref.shape:
         raise ValueError(f"label maps differ in shape: pred {pred.shape} vs ref {ref.shape}")
-    p, p_ids = _compact(pred)
-    r, r_ids = _compact(ref)
+    inter, p_ids, r_ids, area_p, area_r = label_overlap(pred, ref)
     n_p, n_r = len(p_ids), len(r_ids)
     empty = np.zeros(0, dtype=np.int64)
     if n_p == 0 or n_r == 0:
         return Match(empty, empty, np.zeros(0), n_p, n_r)
-    joint = np.bincount(p * (n_r + 1) + r, minlength=(n_p + 1) * (n_r + 1)).reshape(n_p + 1, n_r + 1)
-    area_p = joint.sum(axis=1)[1:]
-    area_r = joint.sum(axis=0)[1:]
-    inter = joint[1:, 1:].astype(np.float64)
+    inter = inter.astype(np.float64)
     union = area_p[:, None] + area_r[None, :] - inter
     ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    if iou > 0.5:
-        pi, ri = np.nonzero(ious >= iou)
-    else:
-        pi, ri = _greedy(ious, iou)
-    return Match(p_ids[pi], r_ids[ri], ious[pi, ri], n_p, n_r)
-
-
-def _greedy(ious: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one pairs with IoU >= threshold, taken in decreasing IoU order."""
-    pi, ri = np.nonzero(ious >= threshold)
-    order = np.argsort(-ious[pi, ri], kind="stable")
-    used_p: set[int] = set()
-    used_r: set[int] = set()
-    keep_p: list[int] = []
-    keep_r: list[int] = []
-    for k in order:
-        a, b = int(pi[k]), int(ri[k])
-        if a in used_p or b in used_r:
-            continue
-        used_p.add(a)
-        used_r.add(b)
-        keep_p.append(a)
-        keep_r.append(b)
-    return np.asarray(keep_p, dtype=np.int64), np.asarray(keep_r, dtype=np.int64)
+    match = greedy_match(ious, iou)
+    pi = np.flatnonzero(match >= 0)
+    ri = match[pi]
+    return Match(p_ids[pi].astype(np.int64), r_ids[ri].astype(np.int64), ious[pi, ri], n_p, n_r)
 
 
 def agreement(pred: np.ndarray, ref: np.ndarray, iou: float = 0.6) -> Agreement:

@@ -21,7 +21,8 @@ import numpy as np
 from skimage.segmentation import watershed
 
 from hpa_seg.params import SegParams, scale_factor
-from hpa_seg.postprocess import fill_holes, relabel_sequential, remove_small_labels, remove_small_objects
+from hpa_seg.postprocess import fill_holes, remove_small_labels, remove_small_objects
+from wsss.masks import relabel_sequential
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import logging
 
 import numpy as np
 
-from hpa_seg.evaluate import match_instances, resize_labels
+from hpa_seg.evaluate import match_instances
+from wsss.masks import resize_labels
 from hpa_seg.postprocess import border_flags
 from wsss.viz import cell_centroids, outline_mask, put_text, rgby_composite
 
@@ -21,7 +22,7 @@ MISSED_COLOR = (255, 255, 0)
 
 
 def _fit(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return resize_labels(np.asarray(labels), shape).astype(np.int64)
+    return resize_labels(np.asarray(labels), int(shape[0]), int(shape[1])).astype(np.int64)
 
 
 def draw_segmentation(rgby: np.ndarray, cells: np.ndarray, nuclei: np.ndarray | None = None,

@@ -12,22 +12,11 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from wsss.masks import border_flags, label_areas
+
 logger = logging.getLogger(__name__)
 
 BORDER_POLICIES: tuple[str, ...] = ("keep", "drop")
-
-
-def label_areas(labels: np.ndarray) -> np.ndarray:
-    """Pixel count of every label value ``0..max`` (index = label)."""
-    flat = np.asarray(labels).reshape(-1)
-    if flat.size == 0:
-        return np.zeros(1, dtype=np.int64)
-    return np.bincount(flat.astype(np.int64, copy=False))
-
-
-def apply_lut(labels: np.ndarray, lut: np.ndarray, dtype: type = np.int32) -> np.ndarray:
-    """Map every label value through ``lut`` (``lut[old] = new``) and return ``dtype``."""
-    return lut.astype(dtype, copy=False)[labels]
 
 
 def fill_holes(mask: np.ndarray, max_area: float | None = None) -> np.ndarray:
@@ -102,37 +91,6 @@ def remove_small_objects(mask: np.ndarray, min_area: float, connectivity: int = 
     return keep[lab]
 
 
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber the non-zero ids to ``1..n`` (``int32``), keeping their order."""
-    labels = np.asarray(labels)
-    top = int(labels.max(initial=0))
-    if top > max(4 * labels.size, 1 << 16):  # sparse huge ids: avoid a giant lookup table
-        ids = np.unique(labels)
-        ids = ids[ids != 0]
-        return np.searchsorted(np.concatenate(([0], ids)), labels).astype(np.int32)
-    present = label_areas(labels) > 0
-    present[0] = False
-    lut = np.zeros(len(present), dtype=np.int64)
-    lut[present] = np.arange(1, int(present.sum()) + 1)
-    return apply_lut(labels, lut)
-
-
-def border_flags(cells: np.ndarray) -> np.ndarray:
-    """Boolean array indexed by cell id: True when the cell touches the image border.
-
-    Its length is ``max_id + 1`` (index 0, the background, is always False).
-    """
-    cells = np.asarray(cells)
-    n = int(cells.max()) + 1 if cells.size else 1
-    flags = np.zeros(n, dtype=bool)
-    if cells.size == 0:
-        return flags
-    edge = np.concatenate([cells[0, :], cells[-1, :], cells[:, 0], cells[:, -1]])
-    flags[np.unique(edge)] = True
-    flags[0] = False
-    return flags
-
-
 def make_consistent(cells: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Enforce the id contract: nucleus ``i`` lies in cell ``i``, no cell without a nucleus.
 
@@ -194,22 +152,4 @@ def assign_nuclei_to_cells(cells: np.ndarray, nuclear_mask: np.ndarray) -> np.nd
     """
     return np.where(nuclear_mask & (cells > 0), cells, 0).astype(cells.dtype)
 
-
-def align_nuclei_ids(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
-    """Give each nucleus the id of the cell holding most of its pixels (pixels outside it cleared).
-
-    Used for precomputed masks whose nucleus ids need not follow the cell ids.
-    """
-    cells = np.asarray(cells).astype(np.int64, copy=False)
-    nuclei = np.asarray(nuclei).astype(np.int64, copy=False)
-    if not nuclei.any() or not cells.any():
-        return np.zeros_like(cells)
-    both = (nuclei > 0) & (cells > 0)
-    nmax = int(nuclei.max()) + 1
-    cmax = int(cells.max()) + 1
-    pair = np.bincount(nuclei[both] * cmax + cells[both], minlength=nmax * cmax).reshape(nmax, cmax)
-    best = pair.argmax(axis=1)
-    best[pair.max(axis=1) == 0] = 0
-    mapped = best[nuclei]
-    return np.where(mapped == cells, mapped, 0)
 

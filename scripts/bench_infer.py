@@ -33,7 +33,7 @@ from wsss.infer.cams import forward_cams
 from wsss.infer.crops import CropParams, extract_crops
 from wsss.infer.runner import forward_probs
 from wsss.infer.scoring import ScoreParams, cell_footprints, cell_measures, cell_probabilities, index_cells
-from wsss.infer.sources import nearest_resize
+from wsss.masks import resize_labels
 from wsss.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def label_maps(size: int, count: int) -> list[np.ndarray]:
     maps = []
     for path in sorted(SAMPLE_MASKS.glob("*_predictedmask.png")) if SAMPLE_MASKS.is_dir() else []:
         full = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        maps.append(nearest_resize(full, size, size).astype(np.uint16))
+        maps.append(resize_labels(full, size, size).astype(np.uint16))
     if not maps:
         step = max(8, size // 8)
         grid = np.arange(1, (size // step) ** 2 + 1, dtype=np.uint16).reshape(size // step, size // step)

@@ -76,8 +76,8 @@ def _picture(path: Path, rgby: np.ndarray, pred: np.ndarray, ref: np.ndarray, io
 def eval_real(args: argparse.Namespace) -> int:
     """Per-image agreement with the reference masks at each working size."""
     from hpa_seg import segment
-    from hpa_seg.evaluate import agreement, resize_labels
-    from hpa_seg.masks import read_label_file
+    from hpa_seg.evaluate import agreement
+    from wsss.masks import read_label_file, resize_labels
     from wsss.data.io import list_image_ids, read_rgby
 
     images = args.data / "images"
@@ -95,7 +95,7 @@ def eval_real(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             cells, _ = segment(rgby, size or None, params)
             dt = time.perf_counter() - t0
-            a = agreement(resize_labels(cells, ref.shape), ref, args.iou)
+            a = agreement(resize_labels(cells, *ref.shape), ref, args.iou)
             summary[size].append(a)
             label = size or "full"
             print(f"| {image_id[:8]} | {rgby.shape[0]} | {label} | {a.n_ref} | {a.n_pred} | {a.tp} | {a.ap:.3f} | "
@@ -124,7 +124,8 @@ def _print_summary(groups: dict) -> None:
 def eval_synth(args: argparse.Namespace) -> int:
     """Cell and nucleus agreement with the synthetic ground truth."""
     from hpa_seg import segment
-    from hpa_seg.evaluate import agreement, resize_labels
+    from hpa_seg.evaluate import agreement
+    from wsss.masks import resize_labels
     from wsss.data.io import list_image_ids, read_rgby
     from wsss.data.synth import read_truth
 
@@ -144,8 +145,8 @@ def eval_synth(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         cells, nuclei = segment(rgby, args.size or None, params)
         times.append(time.perf_counter() - t0)
-        a = agreement(resize_labels(cells, true_cells.shape), true_cells, args.iou)
-        b = agreement(resize_labels(nuclei, true_nuc.shape), true_nuc, args.iou)
+        a = agreement(resize_labels(cells, *true_cells.shape), true_cells, args.iou)
+        b = agreement(resize_labels(nuclei, *true_nuc.shape), true_nuc, args.iou)
         cells_rows.append(a)
         nuc_rows.append(b)
         print(f"| {image_id} | {rgby.shape[0]} | {a.n_ref} | {a.n_pred} | {a.ap:.3f} | {a.recall:.3f} | "

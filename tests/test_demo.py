@@ -7,6 +7,7 @@ from wsss.cli.demo import METHODS, main as demo_main
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--count", "32", "--size", "128", "--epochs", "1", "--workers", "1", "--overlays", "1"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wsss.infer.crops import CropError, CropParams, extract_crops, square_boxes
-from wsss.infer.scoring import index_cells
+from wsss.masks import index_cells
 
 RAW_ZERO = [-1.0, -2.0, -3.0, -4.0]
 

@@ -17,9 +17,9 @@ from wsss.infer.scoring import (
     cell_footprints,
     cell_measures,
     cell_probabilities,
-    index_cells,
     score_cells,
 )
+from wsss.masks import MaskError, index_cells
 
 LABELS = np.array([
     [1, 1, 2, 2],
@@ -141,7 +141,7 @@ def test_index_cells_boxes_border_and_sparse_ids():
 
 
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ScoringError, match="2-D"):
+    with pytest.raises(MaskError, match="2-D"):
         index_cells(np.zeros((2, 2, 2), dtype=np.int32))
     with pytest.raises(ScoringError, match="combine"):
         ScoreParams(combine="max")

@@ -10,6 +10,7 @@ import pytest
 
 from hpa_seg.io import load_label_maps
 from hpa_seg.toy import ToyCell, toy_field
+from hpa_seg import run as seg_run
 from wsss.cli import segment as cli
 from wsss.data.io import CHANNELS, write_rgby_png
 
@@ -48,13 +49,13 @@ def test_kaggle_layout_resume_and_bad_image(tmp_path: Path, capsys: pytest.Captu
     assert (out / "overlays" / "img_a.png").is_file()
 
     seen: list[str] = []
-    original = cli.run_task
+    original = seg_run.run_task
 
-    def spy(task: cli.Task) -> cli.Result:
+    def spy(task: seg_run.Task) -> seg_run.Result:
         seen.append(task.image_id)
         return original(task)
 
-    monkeypatch.setattr(cli, "run_task", spy)
+    monkeypatch.setattr(seg_run, "run_task", spy)
     mtime = (out / "img_a.npz").stat().st_mtime_ns
     status = cli.main([str(images), str(out), "--size", "128", "--quiet"])
     assert status == 1 and seen == ["img_bad"], "finished ids are skipped, the bad one is retried"

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from hpa_seg import segment
-from hpa_seg.evaluate import agreement, match_instances, resize_labels
-from hpa_seg.io import LabelMapError, load_label_maps, save_label_maps, upscale_to_original
-from hpa_seg.masks import MaskError, find_mask_files, load_precomputed, prepare_precomputed, read_label_file
+from hpa_seg.evaluate import agreement, match_instances
+from hpa_seg.io import load_label_maps, save_label_maps
+from hpa_seg.masks import load_precomputed, prepare_precomputed
+from wsss.masks import MaskError, find_mask_files, read_label_file, resize_labels
 from hpa_seg.pipeline import segment_with_masks
 from hpa_seg.toy import ToyCell, toy_field
 
@@ -36,20 +37,20 @@ def test_label_map_roundtrip(tmp_path: Path) -> None:
     assert maps.border.tolist() == [False, True, False]
     assert maps.num_cells == 2
     assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
-    up = upscale_to_original(maps.cells, maps.orig_height, maps.orig_width)
+    up = resize_labels(maps.cells, maps.orig_height, maps.orig_width)
     assert up.shape == (2048, 1536) and up.dtype == np.uint16 and set(np.unique(up)) == {0, 1, 2}
 
 
 def test_load_label_maps_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(LabelMapError, match="bad.npz"):
+    with pytest.raises(MaskError, match="bad.npz"):
         load_label_maps(bad)
     other = tmp_path / "other.npz"
     np.savez(other, cells=np.zeros((4, 4), np.uint16))
-    with pytest.raises(LabelMapError, match="missing"):
+    with pytest.raises(MaskError, match="missing"):
         load_label_maps(other)
-    with pytest.raises(LabelMapError, match="not found"):
+    with pytest.raises(MaskError, match="not found"):
         load_label_maps(tmp_path / "absent.npz")
 
 
@@ -138,9 +139,9 @@ def test_match_instances_and_agreement() -> None:
 
 def test_resize_labels_keeps_ids() -> None:
     lab = np.arange(16, dtype=np.uint16).reshape(4, 4) * 1000
-    up = resize_labels(lab, (8, 8))
+    up = resize_labels(lab, 8, 8)
     assert up.dtype == np.uint16 and set(np.unique(up)) == set(np.unique(lab))
-    assert np.array_equal(resize_labels(up, (4, 4)), lab)
+    assert np.array_equal(resize_labels(up, 4, 4), lab)
 
 
 def test_segment_output_saves_and_reloads(tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from hpa_seg import segment
-from hpa_seg.evaluate import agreement, resize_labels
-from hpa_seg.masks import read_label_file
+from hpa_seg.evaluate import agreement
+from wsss.masks import read_label_file, resize_labels
 from wsss.data.io import list_image_ids, read_rgby
 
-pytestmark = pytest.mark.shared_data
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
 def test_agreement_with_reference_masks_at_512(hpa_sample: Path) -> None:
@@ -22,7 +22,7 @@ def test_agreement_with_reference_masks_at_512(hpa_sample: Path) -> None:
         ref = read_label_file(hpa_sample / "masks" / f"{image_id}_predictedmask.png")
         cells, nuclei = segment(rgby, 512)
         assert set(np.unique(cells)) == set(np.unique(nuclei))
-        rows.append(agreement(resize_labels(cells, ref.shape), ref))
+        rows.append(agreement(resize_labels(cells, *ref.shape), ref))
     assert len(rows) == 3
     tp = sum(a.tp for a in rows)
     fp = sum(a.fp for a in rows)

@@ -13,15 +13,13 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from wsss.schema import PROB_COLUMNS
-from wsss.submission import (
+from wsss.masks import (
     CellMasks,
-    SubmissionError,
-    build_submission,
+    MaskError,
     cell_masks_from_label_map,
     coco_string_to_counts,
     decode_binary_mask,
     encode_binary_mask,
-    format_prediction_string,
     encode_label_map,
     full_size_overlap,
     label_map_counts,
@@ -30,10 +28,15 @@ from wsss.submission import (
     naive_encode_label_map,
     nearest_index,
     pairwise_iou,
+    resize_labels,
+)
+from wsss.submission import (
+    SubmissionError,
+    build_submission,
+    format_prediction_string,
     parse_prediction_string,
     read_cell_table,
     read_submission,
-    upscale_labels,
     write_submission,
 )
 
@@ -116,12 +119,12 @@ def test_coco_string_parser_matches_pycocotools():
 
 def test_upscale_semantics_are_cv2_inter_nearest():
     labels = blob_labels(23, 17, 6, seed=7)
-    up = upscale_labels(labels, 70, 40)
+    up = resize_labels(labels, 70, 40)
     assert np.array_equal(up, cv2.resize(labels, (40, 70), interpolation=cv2.INTER_NEAREST))
     assert np.array_equal(up, labels[nearest_index(23, 70)[:, None], nearest_index(17, 40)[None, :]])
-    assert np.array_equal(upscale_labels(labels.astype(np.int64), 70, 40), up)
+    assert np.array_equal(resize_labels(labels.astype(np.int64), 70, 40), up)
     # upscaling the transpose equals transposing the upscaled map (what the fast encoder relies on)
-    assert np.array_equal(upscale_labels(labels.T.copy(), 40, 70), up.T)
+    assert np.array_equal(resize_labels(labels.T.copy(), 40, 70), up.T)
 
 
 def test_nearest_index_matches_cv2_for_many_sizes():
@@ -141,7 +144,7 @@ def test_nearest_index_matches_cv2_for_many_sizes():
 def test_pairwise_iou_all_paths_equal_brute_force(shape_a, shape_b, orig):
     a = blob_labels(*shape_a, 6, seed=17)
     b = blob_labels(*shape_b, 5, seed=18)
-    fa, fb = upscale_labels(a, *orig), upscale_labels(b, *orig)
+    fa, fb = resize_labels(a, *orig), resize_labels(b, *orig)
     ma = cell_masks_from_label_map(a, *orig)
     mb = cell_masks_from_label_map(b, *orig, ids=[*np.unique(b)[1:].tolist(), 99])
     ref = np.array([[((fa == i) & (fb == j)).sum() / max(((fa == i) | (fb == j)).sum(), 1) for j in mb.ids]
@@ -155,9 +158,9 @@ def test_pairwise_iou_all_paths_equal_brute_force(shape_a, shape_b, orig):
 
 def test_mask_string_validation():
     text = encode_binary_mask(np.ones((4, 4), bool))
-    with pytest.raises(SubmissionError, match="4x5"):
+    with pytest.raises(MaskError, match="4x5"):
         mask_string_to_rle(text, 4, 5)
-    with pytest.raises(SubmissionError, match="invalid mask string"):
+    with pytest.raises(MaskError, match="invalid mask string"):
         mask_string_to_rle("not base64!", 4, 4)
 
 
@@ -249,7 +252,7 @@ def test_build_and_read_submission(tmp_path: Path):
     assert back.images["ID"].tolist() == ["B", "EMPTY", "A"]
     assert len(back.predictions) == 19 * (len(ids_a) + len(ids_b))
     cells = back.cells()
-    full_a = upscale_labels(cells_a, 96, 96)
+    full_a = resize_labels(cells_a, 96, 96)
     for cid, row in zip(ids_a, cells.loc[cells["image_id"] == "A"].itertuples()):
         assert np.array_equal(decode_binary_mask(row.mask, 96, 96), full_a == cid)
     got = cells.loc[cells["image_id"] == "A", PROB_COLUMNS].to_numpy()

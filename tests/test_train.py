@@ -15,6 +15,8 @@ from wsss.train import checkpoint as ckpt
 from wsss.precision import PrecisionError, autocast, make_scaler, resolve_precision
 from wsss.train.loop import TrainError, fit
 
+pytestmark = [pytest.mark.timeout(300)]
+
 AUG = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "RandomRotate90", "p": 0.5}]
 
 
@@ -30,6 +32,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, data: tuple[Path, Path]) -
     return fit(tiny_config(root, *data, epochs=6, lr=2e-3), 0)
 
 
+@pytest.mark.slow
 def test_training_drives_loss_down_and_beats_chance(trained: dict) -> None:
     hist = trained["history"]
     assert len(hist) == 6
@@ -47,6 +50,7 @@ def test_training_drives_loss_down_and_beats_chance(trained: dict) -> None:
     assert trained["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in hist))
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_next_epoch_as_an_uninterrupted_run(tmp_path: Path, data: tuple[Path, Path]) -> None:
     extra = dict(lr=2e-3, scheduler={"name": "plateau", "factor": 0.3, "patience": 0}, sampler="balanced")
     base = tiny_config(tmp_path / "a", *data, epochs=3, **extra)
@@ -74,6 +78,7 @@ def test_resume_gives_the_same_next_epoch_as_an_uninterrupted_run(tmp_path: Path
     assert len(list(Path(resumed["out"]).glob("last.state-*.pt"))) == 1
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path, data: tuple[Path, Path], monkeypatch) -> None:
     cfg = tiny_config(tmp_path, *data, epochs=1)
     fit(copy.deepcopy(cfg), 0)
@@ -118,6 +123,7 @@ def test_atomic_write_leaves_old_file_when_replace_fails(tmp_path: Path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors"]
 
 
+@pytest.mark.slow
 def test_load_model_from_checkpoint_reproduces_outputs(tmp_path: Path, trained: dict) -> None:
     import shutil
 
@@ -151,6 +157,7 @@ def test_amp_settings() -> None:
     assert not make_scaler(resolve_precision("bf16", "cpu")).is_enabled()
 
 
+@pytest.mark.slow
 def test_bf16_autocast_path_on_cpu_trains(tmp_path: Path, data: tuple[Path, Path]) -> None:
     from wsss.models import build_model
 
@@ -257,6 +264,7 @@ def test_checkpoint_config_prefers_metadata(tmp_path: Path) -> None:
     assert loaded["data"]["size"] == 64 and loaded["data"]["mean"] == [0.1] * 4
 
 
+@pytest.mark.slow
 def test_resume_warns_about_overridden_lr(tmp_path: Path, data: tuple[Path, Path], caplog) -> None:
     cfg = tiny_config(tmp_path, *data, epochs=1)
     fit(copy.deepcopy(cfg), 0)

@@ -16,6 +16,8 @@ from test_train_helpers import make_cache
 
 from wsss.losses import ComboLoss
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
 
 def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)

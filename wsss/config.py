@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from wsss.data.io import atomic_write_bytes
+from wsss.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

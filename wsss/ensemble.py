@@ -47,16 +47,8 @@ from scipy.stats import rankdata
 
 from wsss.data.classes import NUM_CLASSES
 from wsss.schema import PROB_COLUMNS
-from wsss.submission import (
-    CellMasks,
-    SubmissionError,
-    cell_masks_from_label_map,
-    cell_masks_from_strings,
-    pairwise_iou,
-    rows_mask_source,
-    read_cell_table,
-    read_submission,
-)
+from wsss.masks import CellMasks, MaskError, greedy_match, pairwise_iou, rows_cell_masks
+from wsss.submission import read_cell_table, read_submission
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +88,7 @@ def read_source(path: Path | str, weight: float = 1.0, name: str | None = None,
             cells = read_submission(path).cells(missing_score=missing_score)
             return Source(name=name, cells=cells, weight=float(weight), kind="submission")
         cells = read_cell_table(path)
-    except SubmissionError as exc:
+    except MaskError as exc:
         raise EnsembleError(str(exc)) from exc
     for col in ("orig_width", "orig_height"):
         if col not in cells.columns:
@@ -148,40 +140,15 @@ def combine(probs: np.ndarray, weights: Sequence[float], present: np.ndarray | N
     return out
 
 
-def greedy_match(iou: np.ndarray, threshold: float = IOU_THRESHOLD) -> np.ndarray:
-    """One-to-one matching of rows to columns by descending IoU; returns, per row, its column or -1.
-
-    Pairs with IoU >= ``threshold`` are taken from the highest IoU down, skipping rows and columns
-    already used (ties: lower row, then lower column first).
-    """
-    iou = np.asarray(iou, dtype=np.float64)
-    match = np.full(iou.shape[0], -1, dtype=np.int64)
-    if iou.size == 0:
-        return match
-    rows, cols = np.nonzero(iou >= threshold)
-    order = np.lexsort((cols, rows, -iou[rows, cols]))
-    used_cols = np.zeros(iou.shape[1], dtype=bool)
-    for r, c in zip(rows[order].tolist(), cols[order].tolist()):
-        if match[r] < 0 and not used_cols[c]:
-            match[r] = c
-            used_cols[c] = True
-    return match
-
-
 # --------------------------------------------------------------------------- alignment
 
 
 def _image_masks(source: Source, rows: pd.DataFrame) -> CellMasks:
-    """Cell masks (original size) of one image's rows of a source, in row order."""
-    ids = rows["cell_id"].astype(np.int64).to_numpy()
-    width, height = int(rows["orig_width"].iloc[0]), int(rows["orig_height"].iloc[0])
+    """Cell masks (original size) of one image's rows of a source, in row order (:func:`wsss.masks.rows_cell_masks`)."""
     try:
-        source_masks = rows_mask_source(rows, height, width)
-    except SubmissionError as exc:
+        return rows_cell_masks(rows)
+    except MaskError as exc:
         raise EnsembleError(f"{source.name}: {exc}") from None
-    if isinstance(source_masks, list):
-        return cell_masks_from_strings(source_masks, height, width, ids=ids)
-    return cell_masks_from_label_map(source_masks.cells, height, width, ids=ids)
 
 
 def _same_segmentation(a: Source, a_rows: pd.DataFrame, b: Source, b_rows: pd.DataFrame) -> bool:
@@ -220,7 +187,7 @@ def align(primary: Source, other: Source, match: str = "auto", iou_threshold: fl
         else:
             try:
                 iou = pairwise_iou(_image_masks(primary, p_rows), _image_masks(other, o_rows))
-            except SubmissionError as exc:
+            except MaskError as exc:
                 raise EnsembleError(f"image {image_id}: {exc}") from exc
             pairs = greedy_match(iou, iou_threshold)
             result[p_idx] = np.where(pairs >= 0, o_idx[np.maximum(pairs, 0)], -1)

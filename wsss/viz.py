@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from wsss.data.io import resize_labels
+from wsss.masks import resize_labels
 
 logger = logging.getLogger(__name__)
 

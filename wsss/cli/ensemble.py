@@ -25,7 +25,8 @@ from wsss.ensemble import (
     ensemble,
     read_source,
 )
-from wsss.submission import SubmissionError, build_submission, read_image_sizes, write_submission
+from wsss.masks import MaskError
+from wsss.submission import build_submission, read_image_sizes, write_submission
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images = read_image_sizes(args.ids) if args.ids is not None else None
             write_submission(build_submission(out, images, min_confidence=args.min_confidence, progress=True),
                              args.submission)
-    except (EnsembleError, SubmissionError) as exc:
+    except (EnsembleError, MaskError) as exc:  # SubmissionError included
         print(f"wsss-ensemble: error: {exc}", file=sys.stderr)
         return 2
     coverage = out["n_sources"].value_counts().sort_index()

@@ -33,7 +33,8 @@ from wsss.metrics.cell import (
     truth_from_submission,
 )
 from wsss.schema import PROB_COLUMNS
-from wsss.submission import SubmissionError, read_cell_table, read_submission
+from wsss.masks import MaskError
+from wsss.submission import read_cell_table, read_submission
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         cells, images = run(args)
-    except (EvalError, MetricError, SubmissionError) as exc:
+    except (EvalError, MetricError, MaskError) as exc:  # SubmissionError included
         print(f"wsss-eval: error: {exc}", file=sys.stderr)
         return 2
     if args.out is not None:

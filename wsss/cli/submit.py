@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wsss.masks import MaskError
 from wsss.submission import (
-    SubmissionError,
     build_submission,
     read_cell_table,
     read_image_sizes,
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = build_submission(cells, images, min_confidence=args.min_confidence, decimals=args.decimals,
                                progress=True)
         write_submission(sub, args.out)
-    except SubmissionError as exc:
+    except MaskError as exc:  # SubmissionError included
         print(f"wsss-submit: error: {exc}", file=sys.stderr)
         return 2
     n_triplets = int(sub["PredictionString"].map(lambda s: len(s.split()) // 3).sum())

@@ -15,6 +15,9 @@ Sources:
 * a prepared cache file: one 4-channel PNG per id whose R, G, B, A planes hold red, green,
   blue and yellow (see :mod:`wsss.data.prepare`).
 
+Label maps (cell masks) are not images: their reading and their one resize rule live in
+:mod:`wsss.masks` (``resize_labels`` is re-exported here for older callers).
+
 Every problem (missing channel, unreadable file, mismatched channel sizes) raises
 :class:`ImageReadError`, whose message names the id and the file.
 """
@@ -22,11 +25,13 @@ Every problem (missing channel, unreadable file, mismatched channel sizes) raise
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from wsss.fileio import atomic_write_bytes, decode_image_file
+from wsss.masks.labels import nearest_index, resize_labels  # noqa: F401 - label maps: see wsss.masks
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +58,8 @@ def find_channel_file(root: Path, image_id: str, channel: str) -> Path:
 
 
 def _decode_file(path: Path) -> np.ndarray:
-    """Decode an image file with OpenCV (falling back to tifffile for TIFFs OpenCV rejects)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None and path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            import tifffile
-
-            image = tifffile.imread(str(path))
-        except Exception:  # noqa: BLE001 - any decoder failure is reported the same way below
-            image = None
+    """Decode an image file (:func:`wsss.fileio.decode_image_file`); :class:`ImageReadError` when unreadable."""
+    image = decode_image_file(path)
     if image is None:
         raise ImageReadError(f"{path}: not a readable image (corrupt or empty file)")
     return image
@@ -160,21 +157,6 @@ def check_rgby(rgby: np.ndarray, name: str = "<array>") -> None:
         raise ImageReadError(f"{name}: expected an HxWx4 uint8 RGBY array, got shape {shape} dtype {dtype}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def list_image_ids(root: Path | str) -> list[str]:
     """Ids of the Kaggle layout under ``root``: every ``{ID}_{channel}.{ext}`` stem, sorted, unique."""
     root = Path(root)
@@ -199,32 +181,3 @@ def resize_rgby(rgby: np.ndarray, size: int) -> np.ndarray:
     shrink = rgby.shape[0] > size or rgby.shape[1] > size
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     return cv2.resize(rgby, (size, size), interpolation=interp)
-
-
-def nearest_index(src: int, dst: int) -> np.ndarray:
-    """Source index of every destination index of a nearest-neighbour resize from ``src`` to ``dst``.
-
-    The project's one rule for label maps (``cv2.INTER_NEAREST`` semantics, as OpenCV computes it:
-    ``min(floor(i * (1 / (dst / src))), src - 1)`` in double precision). For integer upscaling
-    factors (512 -> 2048 or 3072) every working pixel becomes an exact block.
-    """
-    idx = np.floor(np.arange(dst) * (1.0 / (dst / src))).astype(np.int64)
-    return np.minimum(idx, src - 1)
-
-
-def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a 2-D label map to ``height x width`` by nearest neighbour (see :func:`nearest_index`).
-
-    Every resize of a label map in the project goes through here (segmentation at the working
-    scale, precomputed masks, submission encoding, IoU matching), so all of them agree pixel for
-    pixel. Returns the input itself when it already has that size; keeps the dtype.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
-    h, w = labels.shape
-    if (h, w) == (int(height), int(width)):
-        return labels
-    if labels.dtype in (np.uint8, np.uint16, np.int16, np.int32, np.float32):
-        return cv2.resize(labels, (int(width), int(height)), interpolation=cv2.INTER_NEAREST)
-    return labels[nearest_index(h, int(height))[:, None], nearest_index(w, int(width))[None, :]]

@@ -42,7 +42,9 @@ import numpy as np
 import pandas as pd
 
 from wsss.data.classes import CLASS_NAMES, NEGATIVE, NUM_CLASSES, LabelError, format_label, parse_label
-from wsss.data.io import CHANNELS, ImageReadError, atomic_write_bytes, read_label_png
+from wsss.data.io import CHANNELS, ImageReadError, read_label_png
+from wsss import fileio
+from wsss.fileio import atomic_write_bytes
 from wsss.data.synth_geometry import BASE_CELL_RADIUS, plan_cells, rasterize
 from wsss.data.synth_patterns import PATTERNS, make_view
 from wsss.data.synth_textures import (
@@ -512,22 +514,21 @@ def _write_csv(path: Path, df: pd.DataFrame) -> None:
 
 
 def _check_config(out_dir: Path, opts: SynthOptions) -> None:
-    """Refuse to mix images made with different options in one folder; record the options."""
+    """Refuse to mix images made with different options in one folder; record the options (resume guard)."""
     path = out_dir / "synth_config.json"
     wanted = opts.to_json()
-    if path.is_file():
-        try:
-            have = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise SynthError(f"{path}: unreadable ({exc}); remove it or use another folder") from None
-        for key, value in wanted.items():
-            if key == "class_freq_source":
-                continue
-            if have.get(key) != value:
-                raise SynthError(f"{out_dir} holds a set made with {key}={have.get(key)!r}, not {value!r}; "
-                                 "use another output folder")
+    try:
+        have = fileio.read_record(path)
+    except fileio.ResumeError as exc:
+        raise SynthError(f"{exc}; remove it or use another folder") from None
+    if have is None:
+        fileio.write_json(path, wanted, indent=1)
         return
-    atomic_write_bytes(path, (json.dumps(wanted, indent=1) + "\n").encode())
+    changed = fileio.changed_settings(have, wanted, [k for k in wanted if k != "class_freq_source"])
+    if changed:
+        key = changed[0]
+        raise SynthError(f"{out_dir} holds a set made with {key}={have.get(key)!r}, not {wanted[key]!r}; "
+                         "use another output folder")
 
 
 def _work(args: tuple[str, SynthOptions, int]) -> tuple[int, float]:

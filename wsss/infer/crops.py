@@ -1,7 +1,7 @@
 """Stage-2 cell crops: a square box around every cell, cut out and resized in one batched call.
 
 Boxes. A cell's box ``x0, y0, x1, y1`` (half-open, label-map pixels; see
-:class:`wsss.infer.scoring.CellIndex`) is mapped to the image the crops are cut from (which may
+:class:`wsss.masks.CellIndex`) is mapped to the image the crops are cut from (which may
 be larger than the label map: the full-resolution original) by the ratio of the two sizes, then
 made square around its centre with side ``max(width, height) * (1 + 2 * margin)`` (``margin``
 is a fraction of the longer side added on every side), never smaller than ``min_side`` image
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.infer.scoring import CellIndex
+from wsss.masks import CellIndex
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsss.data.io import atomic_write_bytes
+from wsss.fileio import atomic_write_bytes
 from wsss.infer.tables import TableError, empty_frame, read_parquet, write_parquet
 
 logger = logging.getLogger(__name__)

@@ -39,14 +39,19 @@ from tqdm import tqdm
 
 from wsss.data.classes import NUM_CLASSES
 from wsss.data.dataset import normalize
-from wsss.data.io import atomic_write_bytes, resize_rgby
+from wsss.data.io import resize_rgby
+from wsss.fileio import ResumeError, atomic_write_bytes, changed_settings, read_record, write_json
 from wsss.infer.cams import amp_name, autocast_context, check_tta, flip, forward_cams
 from wsss.infer.crops import CropParams, extract_crops
-from wsss.infer.scoring import CellIndex, ScoreParams, cell_footprints, cell_measures, cell_probabilities, index_cells
+from wsss.infer.scoring import ScoreParams, cell_footprints, cell_measures, cell_probabilities
+from wsss.masks import CellIndex, index_cells
 from wsss.infer.sources import ImageSource, InputError, MaskSource
 from wsss.infer.tables import PartWriter, cell_frame, image_frame
 
 logger = logging.getLogger(__name__)
+
+#: What identifies an inference run in its ``run_{tag}.json`` (compared when resuming).
+RUN_IDENTITY: tuple[str, ...] = ("fold", "source", "ckpt", "settings_digest")
 
 
 class RunError(RuntimeError):
@@ -183,18 +188,21 @@ def _check_run_info(out_dir: Path, tag: str, info: dict[str, Any]) -> None:
     raises :class:`RunError` (keys missing from either side are not compared).
     """
     path = out_dir / f"run_{tag}.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        for key in ("fold", "source", "ckpt", "settings_digest"):
-            if key in old and key in info and old[key] != info[key]:
-                if key == "settings_digest":
-                    before, now = old.get("settings", {}), info.get("settings", {})
-                    diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)) or ["?"]
-                    what = f"other scoring settings ({', '.join(diff)} differ)"
-                else:
-                    what = f"{key}={old[key]!r}, not {info[key]!r}"
-                raise RunError(f"{out_dir}: holds a {tag} run with {what}; use a new --out or delete it")
-    atomic_write_bytes(path, json.dumps(info, indent=2, default=str).encode())
+    try:
+        old = read_record(path)
+    except ResumeError as exc:
+        raise RunError(str(exc)) from None
+    changed = changed_settings(old, info, RUN_IDENTITY, only_shared=True)
+    if changed:
+        key = changed[0]
+        if key == "settings_digest":
+            before, now = old.get("settings", {}), info.get("settings", {})
+            diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)) or ["?"]
+            what = f"other scoring settings ({', '.join(diff)} differ)"
+        else:
+            what = f"{key}={old[key]!r}, not {info[key]!r}"
+        raise RunError(f"{out_dir}: holds a {tag} run with {what}; use a new --out or delete it")
+    write_json(path, info, indent=2)
 
 
 def _run_info(settings: InferSettings, stage: int) -> dict[str, Any]:

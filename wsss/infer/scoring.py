@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from wsss.data.classes import NEGATIVE, NUM_CLASSES
+from wsss.masks import CellIndex
 
 logger = logging.getLogger(__name__)
 
@@ -93,64 +94,6 @@ class ScoreParams:
         cfg = cfg or {}
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in cfg.items() if k in names})
-
-
-@dataclass
-class CellIndex:
-    """The cells of one label map: ids, geometry and their foreground pixels (all arrays length K
-    except the pixel arrays, which list every foreground pixel once, in row-major order).
-
-    ``boxes`` are ``x0, y0, x1, y1`` in label-map pixels, half-open (``x1 = max x + 1``), so the
-    cell is ``labels[y0:y1, x0:x1]``; ``border`` is True for a cell with a pixel on the map's edge.
-    """
-
-    ids: np.ndarray  # K int64 label values
-    area: np.ndarray  # K int64 pixel counts
-    boxes: np.ndarray  # K x 4 int64 (x0, y0, x1, y1), half-open
-    border: np.ndarray  # K bool
-    shape: tuple[int, int]  # H, W of the label map
-    pix_y: np.ndarray  # foreground pixel rows
-    pix_x: np.ndarray  # foreground pixel columns
-    pix_k: np.ndarray  # compact cell index (0..K-1) of each foreground pixel
-
-    @property
-    def num_cells(self) -> int:
-        """Number of cells ``K``."""
-        return int(self.ids.size)
-
-
-def index_cells(labels: np.ndarray) -> CellIndex:
-    """Index the cells of a 2-D integer label map (0 = background) without a loop over cells."""
-    if labels.ndim != 2:
-        raise ScoringError(f"label map must be 2-D, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ScoringError(f"label map must hold integers, got {labels.dtype}")
-    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ScoringError("label map has negative values")
-    height, width = labels.shape
-    flat = np.ascontiguousarray(labels).reshape(-1)
-    where = np.flatnonzero(flat)
-    values = flat[where].astype(np.int64)
-    pix_y, pix_x = np.divmod(where, width)
-    counts = np.bincount(values, minlength=1) if values.size else np.zeros(1, np.int64)
-    counts[0] = 0
-    ids = np.flatnonzero(counts)
-    lut = np.full(counts.size, -1, dtype=np.int64)
-    lut[ids] = np.arange(ids.size)
-    pix_k = lut[values]
-    k = ids.size
-    x0 = np.full(k, width, dtype=np.int64)
-    y0 = np.full(k, height, dtype=np.int64)
-    x1 = np.zeros(k, dtype=np.int64)
-    y1 = np.zeros(k, dtype=np.int64)
-    np.minimum.at(x0, pix_k, pix_x)
-    np.minimum.at(y0, pix_k, pix_y)
-    np.maximum.at(x1, pix_k, pix_x + 1)
-    np.maximum.at(y1, pix_k, pix_y + 1)
-    border = (x0 == 0) | (y0 == 0) | (x1 == width) | (y1 == height)
-    return CellIndex(ids=ids.astype(np.int64), area=counts[ids].astype(np.int64),
-                     boxes=np.stack([x0, y0, x1, y1], axis=1), border=border, shape=(height, width),
-                     pix_y=pix_y, pix_x=pix_x, pix_k=pix_k)
 
 
 @functools.lru_cache(maxsize=64)

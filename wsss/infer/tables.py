@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsss.data.io import atomic_write_bytes
-from wsss.infer.scoring import CellIndex
+from wsss.fileio import atomic_write_bytes
+from wsss.masks import CellIndex
 from wsss.schema import CELL_COLUMNS, IMAGE_COLUMNS, PROB_COLUMNS
 
 logger = logging.getLogger(__name__)

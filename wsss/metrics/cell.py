@@ -22,7 +22,7 @@ predictions one by one in the given order (a stable sort), as a plain Open Image
 implementation does. Matching within a tie is in input order either way; with non-overlapping
 ground-truth cells this cannot change the number of true positives.
 
-IoUs come from :func:`wsss.submission.pairwise_iou`: one ``bincount`` over the pixels of two label
+IoUs come from :func:`wsss.masks.pairwise_iou`: one ``bincount`` over the pixels of two label
 maps, or pycocotools RLE arithmetic when either side is a set of submission masks.
 """
 
@@ -40,16 +40,8 @@ from wsss.data.classes import CLASS_NAMES, NUM_CLASSES, LabelError, parse_label
 from wsss.data.io import ImageReadError
 from wsss.data.io import read_label_png as _read_label_png
 from wsss.schema import PROB_COLUMNS
-from wsss.submission import (
-    CellMasks,
-    Submission,
-    SubmissionError,
-    average_duplicate_cells,
-    cell_masks_from_label_map,
-    cell_masks_from_strings,
-    pairwise_iou,
-    rows_mask_source,
-)
+from wsss.masks import CellMasks, MaskError, cell_masks_from_label_map, cell_masks_from_strings, pairwise_iou, rows_cell_masks
+from wsss.submission import Submission, average_duplicate_cells
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +281,7 @@ def truth_from_submission(sub: Submission) -> dict[str, TruthImage]:
         labels[[index[m] for m in rows["mask"]], rows["class"].to_numpy()] = True
         try:
             masks = cell_masks_from_strings(order, int(height), int(width))
-        except SubmissionError as exc:
+        except MaskError as exc:
             raise MetricError(f"ground truth {image_id}: {exc}") from exc
         out[image_id] = TruthImage(masks, labels)
     return out
@@ -319,23 +311,18 @@ def preds_from_cell_table(cells: pd.DataFrame, min_confidence: float | None = No
     cells = average_duplicate_cells(cells)
     out: dict[str, PredImage] = {}
     for image_id, group in cells.groupby("image_id", sort=False):
-        ids = group["cell_id"].astype(np.int64).to_numpy()
-        masks = _table_masks(image_id, group, ids)
+        masks = _table_masks(image_id, group)
         cell, cls, score = flatten_scores(group[PROB_COLUMNS].to_numpy(dtype=np.float64), min_confidence)
         out[image_id] = PredImage(masks, cell, cls, score)
     return out
 
 
-def _table_masks(image_id: str, group: pd.DataFrame, ids: np.ndarray) -> CellMasks:
-    """Cell masks of one image's rows of a per-cell table."""
-    width, height = int(group["orig_width"].iloc[0]), int(group["orig_height"].iloc[0])
+def _table_masks(image_id: str, group: pd.DataFrame) -> CellMasks:
+    """Cell masks of one image's rows of a per-cell table (:func:`wsss.masks.rows_cell_masks`)."""
     try:
-        source = rows_mask_source(group, height, width)
-        if isinstance(source, list):
-            return cell_masks_from_strings(source, height, width, ids=ids)
-    except SubmissionError as exc:
+        return rows_cell_masks(group)
+    except MaskError as exc:
         raise MetricError(f"image {image_id}: {exc}") from exc
-    return cell_masks_from_label_map(source.cells, height, width, ids=ids)
 
 
 def preds_from_submission(sub: Submission, min_confidence: float | None = None) -> dict[str, PredImage]:
@@ -352,7 +339,7 @@ def preds_from_submission(sub: Submission, min_confidence: float | None = None) 
         index = {m: i for i, m in enumerate(order)}
         try:
             masks = cell_masks_from_strings(order, int(height), int(width))
-        except SubmissionError as exc:
+        except MaskError as exc:
             raise MetricError(f"prediction {image_id}: {exc}") from exc
         out[image_id] = PredImage(masks, np.asarray([index[m] for m in rows["mask"]], dtype=np.int64),
                                   rows["class"].to_numpy(dtype=np.int64), rows["confidence"].to_numpy(dtype=np.float64))

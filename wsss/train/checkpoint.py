@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from wsss.data.io import atomic_write_bytes
+from wsss.fileio import atomic_write_bytes
 from wsss.train.ddp import unwrap
 
 logger = logging.getLogger(__name__)

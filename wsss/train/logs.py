@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wsss.data.io import atomic_write_bytes
+from wsss.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,160 @@
+"""Segment a folder of images into label-map files: the work behind ``wsss-segment``.
+
+For every id, ``OUT/{ID}.npz`` receives the ``uint16`` maps at the working scale, the original
+size and the per-cell border flags (:mod:`wsss.masks.files`). The run is resumable: ids whose
+file exists are skipped (files are written atomically), and the settings of the run are recorded
+in ``OUT/segment_config.json``; resuming with other settings is refused unless ``overwrite``
+(the resume guard of :mod:`wsss.fileio`). Images are processed in a process pool; a bad image is
+reported by id on one line and the run goes on. Overlays (outlines over the composite) go to
+``OUT/overlays/{ID}.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+from hpa_seg.overlay import draw_segmentation
+from hpa_seg.params import SegParams
+from hpa_seg.pipeline import segment, segment_with_masks
+from wsss.data.io import ImageReadError
+from wsss.data.source import read_image
+from wsss.fileio import ResumeError, changed_settings, read_record, write_json
+from wsss.masks import MaskError, load_label_maps, save_label_maps
+from wsss.viz import save_png
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "segment_config.json"
+COMPARED_SETTINGS: tuple[str, ...] = ("size", "border", "masks", "params")
+
+
+class SegmentRunError(RuntimeError):
+    """An output folder the run cannot resume into (reported on one line)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image to segment (everything a worker process needs)."""
+
+    image_id: str
+    out_path: str
+    kind: str
+    root: str
+    orig_hw: tuple[int, int] | None
+    size: int | None
+    border: str
+    masks: str | None
+    params: dict
+
+
+@dataclass(frozen=True)
+class Result:
+    """Outcome of one task: ``error`` is a one-line message when it failed."""
+
+    image_id: str
+    n_cells: int = 0
+    error: str | None = None
+
+
+def _init_worker() -> None:
+    """Single-threaded numerical libraries in each worker (the parallelism is across images)."""
+    cv2.setNumThreads(1)
+
+
+def run_task(task: Task) -> Result:
+    """Segment (or load masks for) one image and write its label-map file; never raises."""
+    try:
+        rgby = read_image(task.kind, Path(task.root), task.image_id)
+        orig_hw = task.orig_hw or (int(rgby.shape[0]), int(rgby.shape[1]))
+        params = SegParams().with_overrides(**task.params)
+        if task.masks:
+            cells, nuclei = segment_with_masks(rgby, task.masks, task.image_id, task.size, params, task.border)
+        else:
+            cells, nuclei = segment(rgby, task.size, params, task.border)
+        save_label_maps(task.out_path, cells, nuclei, orig_hw)
+        return Result(task.image_id, int(cells.max(initial=0)))
+    except Exception as exc:  # noqa: BLE001 - every failure is reported by id and the run goes on
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not msg.startswith(task.image_id):
+            msg = f"{task.image_id}: {msg}"
+        return Result(task.image_id, error=msg)
+
+
+def run_tasks(tasks: list[Task], workers: int, progress: bool) -> list[Result]:
+    """Run tasks in ``workers`` processes (in-process when 1) with a progress bar."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    results: list[Result] = []
+    bar = tqdm(total=len(tasks), desc="segment", unit="img", disable=not progress)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            _init_worker()
+            for task in tasks:
+                results.append(run_task(task))
+                bar.update(1)
+        else:
+            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            with ctx.Pool(workers, initializer=_init_worker) as pool:
+                for res in pool.imap_unordered(run_task, tasks, chunksize=1):
+                    results.append(res)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return results
+
+
+def check_config(out: Path, config: dict, overwrite: bool) -> None:
+    """Refuse to resume into ``out`` with settings other than those it was made with; record them.
+
+    An unreadable record is ignored (it is rewritten).
+    """
+    path = out / CONFIG_NAME
+    if not overwrite:
+        try:
+            old = read_record(path)
+        except ResumeError:
+            old = None
+        changed = sorted(changed_settings(old, config, COMPARED_SETTINGS))
+        if changed:
+            raise SegmentRunError(f"{out} was made with other settings ({', '.join(changed)} differ); "
+                                  "use another output folder or --overwrite")
+    write_json(path, config, indent=2, sort_keys=True)
+
+
+def pending_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],
+                  size: int | None, border: str, masks: Path | None, params: dict, overwrite: bool) -> list[Task]:
+    """The tasks of the ids still to do (all with ``overwrite``; finished ids are skipped, logged)."""
+    todo = [i for i in ids if overwrite or not (out / f"{i}.npz").is_file()]
+    if len(todo) < len(ids):
+        logger.info("%d of %d ids already done in %s (skipped)", len(ids) - len(todo), len(ids), out)
+    return [Task(i, str(out / f"{i}.npz"), kind, str(root), orig_sizes.get(i), size, border,
+                 str(masks) if masks else None, params) for i in todo]
+
+
+def write_overlays(kind: str, root: Path, known_ids: list[str], out: Path, ids: list[str]) -> list[str]:
+    """Write ``out/overlays/{ID}.png`` (at the maps' scale) for each id (``["all"]``: every id); return one-line errors."""
+    errors: list[str] = []
+    if ids == ["all"]:
+        ids = known_ids
+    known = set(known_ids)
+    for image_id in ids:
+        if image_id not in known:
+            errors.append(f"overlay {image_id}: no such id in {root}")
+            continue
+        try:
+            maps = load_label_maps(out / f"{image_id}.npz")
+            rgby = read_image(kind, root, image_id)
+            if rgby.shape[:2] != maps.cells.shape:
+                rgby = cv2.resize(rgby, (maps.cells.shape[1], maps.cells.shape[0]), interpolation=cv2.INTER_AREA)
+            pic = draw_segmentation(rgby, maps.cells, maps.nuclei, title=f"{image_id}  {maps.num_cells} cells")
+            path = save_png(out / "overlays" / f"{image_id}.png", pic)
+            logger.info("overlay %s", path)
+        except (MaskError, ImageReadError, OSError, ValueError) as exc:
+            errors.append(f"overlay {image_id}: {exc}")
+    return errors

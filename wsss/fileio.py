@@ -1,0 +1,106 @@
+"""File utilities shared by every stage: atomic writes, image-file decoding and the resume guard.
+
+* :func:`atomic_write_bytes` writes through a temporary sibling and an atomic rename, so a killed
+  process never leaves a truncated file under the final name (a resumed run can trust every file
+  it finds).
+* :func:`decode_image_file` decodes a PNG/JPEG/TIFF file as stored (OpenCV, tifffile fallback).
+* The resume guard: a run records its settings in a JSON file of its output folder
+  (:func:`write_json`); a later run into the same folder reads that record (:func:`read_record`)
+  and compares the settings that must not change (:func:`changed_settings`). Callers turn the
+  differing keys into their own one-line error.
+
+This module imports nothing from the project (bottom layer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class ResumeError(ValueError):
+    """A run record that cannot be read (the message names the file)."""
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path | str, obj: Any, indent: int = 2, sort_keys: bool = False) -> None:
+    """Write ``obj`` as JSON (plus a newline) atomically; values JSON cannot hold are written as ``str``."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n"
+    atomic_write_bytes(Path(path), text.encode())
+
+
+def decode_image_file(path: Path | str) -> np.ndarray | None:
+    """Decode an image file as stored (any depth and channel count); ``None`` when it is not readable.
+
+    OpenCV first; TIFFs OpenCV rejects are tried with tifffile.
+    """
+    path = Path(path)
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None and path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile  # noqa: PLC0415
+
+            image = tifffile.imread(str(path))
+        except Exception:  # noqa: BLE001 - any decoder failure means "not readable"
+            image = None
+    return image
+
+
+def read_record(path: Path | str) -> dict[str, Any] | None:
+    """The JSON object a run recorded at ``path``; ``None`` when there is none.
+
+    Raises :class:`ResumeError` naming the file when it exists but is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(record, dict):
+        raise ResumeError(f"{path}: unreadable (not a JSON object)")
+    return record
+
+
+def changed_settings(old: Mapping[str, Any] | None, new: Mapping[str, Any], keys: Iterable[str],
+                     only_shared: bool = False) -> list[str]:
+    """The ``keys`` whose values differ between a recorded run (``old``) and this run (``new``).
+
+    ``old=None`` (no record) differs in nothing. A key missing on one side counts as ``None``,
+    or is not compared at all when ``only_shared``. Keeps the order of ``keys``.
+    """
+    if old is None:
+        return []
+    out: list[str] = []
+    for key in keys:
+        if only_shared and (key not in old or key not in new):
+            continue
+        if old.get(key) != new.get(key):
+            out.append(key)
+    return out

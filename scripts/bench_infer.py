@@ -29,12 +29,13 @@ import cv2
 import numpy as np
 import torch
 
-from wsss.infer.cams import forward_cams
+from wsss.infer.cams import amp_settings, autocast_context, forward_cams
 from wsss.infer.crops import CropParams, extract_crops
 from wsss.infer.runner import forward_probs
-from wsss.infer.scoring import ScoreParams, cell_footprints, cell_measures, cell_probabilities, index_cells
-from wsss.masks import resize_labels
+from wsss.infer.scoring import ScoreParams, cell_footprints, cell_measures, cell_probabilities
+from wsss.masks import index_cells, resize_labels
 from wsss.models import build_model
+from wsss.precision import cpu_capability, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_MASKS = ROOT.parent / "shared" / "data" / "hpa_sample" / "masks"
@@ -62,7 +63,8 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
-def bench_model(name: str, size: int, batch: int, crop_size: int, crop_batch: int, repeats: int) -> dict:
+def bench_model(name: str, size: int, batch: int, crop_size: int, crop_batch: int, repeats: int,
+                precision: str = "auto") -> dict:
     torch.manual_seed(0)
     model = build_model(name).eval()
     x = torch.randn(batch, 4, size, size)
@@ -72,11 +74,11 @@ def bench_model(name: str, size: int, batch: int, crop_size: int, crop_batch: in
     raw_zero = [-0.5] * 4
 
     def bare1() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_context(x.device, precision):
             model(x)
 
     def stage1() -> None:
-        probs, cams = forward_cams(model, x)
+        probs, cams = forward_cams(model, x, precision=precision)
         p = probs.numpy()
         for j, labels in enumerate(maps):
             cells = index_cells(labels)
@@ -90,14 +92,14 @@ def bench_model(name: str, size: int, batch: int, crop_size: int, crop_batch: in
     crops = crops_of_batch()
 
     def bare2() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_context(crops.device, precision):
             for s in range(0, crops.shape[0], crop_batch):
                 model(crops[s:s + crop_batch])
 
     def stage2() -> None:
         pooled = crops_of_batch()
         for s in range(0, pooled.shape[0], crop_batch):
-            forward_probs(model, pooled[s:s + crop_batch])
+            forward_probs(model, pooled[s:s + crop_batch], precision=precision)
 
     for fn in (bare1, stage1, bare2, stage2):  # warm-up
         fn()
@@ -125,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop-batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "32", "16", "bf16"),
+                        help="autocast precision of every forward pass, bare ones included (default auto)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"{cpu_capability().describe()}; {describe(amp_settings(args.precision, 'cpu'))}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, size {args.size}, batch {args.batch}, "
           f"crops {args.crop_size}px x {args.crop_batch}, best of {args.repeats}; label maps from "
           f"{'hpa_sample reference masks' if SAMPLE_MASKS.is_dir() else 'a synthetic grid'}")
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'bare2 ms/img':>12} {'stage2 ms/img':>13} {'ratio2':>7}")
     print(header)
     for name in args.models:
-        r = bench_model(name, args.size, args.batch, args.crop_size, args.crop_batch, args.repeats)
+        r = bench_model(name, args.size, args.batch, args.crop_size, args.crop_batch, args.repeats, args.precision)
         print(f"{r['model']:<20} {r['cells']:>5} {r['bare1_ms_img']:>12.1f} {r['stage1_ms_img']:>13.1f} "
               f"{r['ratio1']:>7.3f} {r['bare2_ms_img']:>12.1f} {r['stage2_ms_img']:>13.1f} {r['ratio2']:>7.3f}",
               flush=True)

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from wsss.cli.demo import METHODS, main as demo_main
+from wsss.cli.demo import BUDGETS, METHODS, build_parser, settings_from_args
+from wsss.cli.demo import main as demo_main
 
 
 @pytest.mark.slow
@@ -14,6 +15,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert demo_main(argv) == 0
     printed = capsys.readouterr().out
     assert "per-cell mAP at IoU 0.6" in printed
+    # progress a person can follow: the precision chosen, one line per epoch, one per step with its time
+    assert "[train] precision: " in printed and "[train] epoch 1/1 " in printed
+    assert "[demo] wsss-train: done in " in printed and "[demo] wsss-infer --stage 2: done in " in printed
     results = pd.read_csv(out / "results.csv")
     assert list(results["method"]) == list(METHODS)
     assert results[["mAP all", "mAP heterogeneous"]].apply(lambda c: c.between(0, 1) | c.isna()).all().all()
@@ -24,3 +28,15 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert demo_main(argv) == 0
     again = pd.read_csv(out / "results.csv")
     pd.testing.assert_frame_equal(results, again)
+
+
+def test_budgets_default_and_full_and_explicit_flags_win(tmp_path):
+    quick = settings_from_args(build_parser().parse_args(["--out", str(tmp_path)]))
+    assert quick.config == BUDGETS["quick"].config and quick.epochs == BUDGETS["quick"].epochs
+    assert quick.count == BUDGETS["quick"].count and quick.size == BUDGETS["quick"].size
+    full = settings_from_args(build_parser().parse_args(["--full"]))
+    assert full.config.name == "cpu_tiny.yaml" and full.epochs == BUDGETS["full"].epochs
+    mixed = settings_from_args(build_parser().parse_args(["--full", "--epochs", "3", "--count", "50"]))
+    assert mixed.epochs == 3 and mixed.count == 50 and mixed.config.name == "cpu_tiny.yaml"
+    for budget in BUDGETS.values():
+        assert budget.config.is_file()

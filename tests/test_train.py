@@ -280,3 +280,26 @@ def test_all_true_without_ddp() -> None:
 
     assert ddp.all_true(True) and not ddp.all_true(False)
     assert ddp.all_reduce_sum(torch.tensor([1.0, 2.0])).dtype == torch.float64
+
+
+def test_resolved_precision_is_saved_with_the_run(trained: dict) -> None:
+    import yaml
+
+    saved = yaml.safe_load((Path(trained["out"]) / "config.yaml").read_text())
+    resolved = saved["train"]["resolved"]
+    assert resolved["precision"] == "32" and resolved["autocast"] == "fp32" and resolved["channels_last"] is False
+    assert resolved["why"].startswith("precision: fp32 (32; CPU ")
+
+
+@pytest.mark.parametrize("amx, expect", [(True, ("bf16", "bf16", True)), (False, ("32", "fp32", False))])
+def test_auto_resolution_is_recorded_per_machine(monkeypatch: pytest.MonkeyPatch, amx: bool, expect: tuple) -> None:
+    from wsss.precision import CpuCapability
+    from wsss.train import ddp
+    from wsss.train.loop import resolve_hardware
+
+    monkeypatch.setattr("wsss.precision.cpu_capability", lambda: CpuCapability("AVX512" if amx else "AVX2", amx, False))
+    t = {"precision": "auto", "channels_last": "auto"}
+    amp = resolve_hardware(t, torch.device("cpu"), ddp.env_info())
+    assert (t["resolved"]["precision"], t["resolved"]["autocast"], t["resolved"]["channels_last"]) == expect
+    assert amp.canonical == expect[0]
+    assert ("AMX" in t["resolved"]["why"]) == amx

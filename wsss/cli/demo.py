@@ -56,7 +56,7 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "quick": Budget(count=400, size=256, config=ROOT / "configs" / "cpu_demo.yaml", epochs=20),
+    "quick": Budget(count=400, size=256, config=ROOT / "configs" / "cpu_demo.yaml", epochs=16),
     "full": Budget(count=400, size=256, config=ROOT / "configs" / "cpu_tiny.yaml", epochs=16),
 }
 DEFAULT_CONFIG = BUDGETS["quick"].config
@@ -75,7 +75,7 @@ class DemoSettings:
     size: int = 256
     seed: int = 0
     config: Path = DEFAULT_CONFIG
-    epochs: int | None = 20
+    epochs: int | None = 16
     workers: int = 2
     overlays: int = 4
 

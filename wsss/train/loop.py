@@ -411,8 +411,20 @@ def _resume_state(ts: TrainState, optimizer: torch.optim.Optimizer, scheduler: A
     }
 
 
+def step_scheduler(scheduler: Any, val_loss: float) -> None:
+    """One end-of-epoch scheduler step: on the validation loss for ``plateau``, by epoch otherwise."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
+
+
 def build_optimizer(model: torch.nn.Module, t: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
-    """Adam (lr, betas, weight decay from the config) and the LR scheduler (``plateau`` or ``none``)."""
+    """Adam (lr, betas, weight decay from the config) and the LR scheduler (``plateau``, ``cosine`` or ``none``).
+
+    ``plateau`` steps on the validation ComboLoss; ``cosine`` anneals the lr per epoch from ``lr`` to
+    ``min_lr`` over ``train.epochs`` (for short budgets, where a plateau never comes).
+    """
     optimizer = torch.optim.Adam(model.parameters(), lr=float(t["lr"]), betas=tuple(float(b) for b in t["betas"]),
                                  weight_decay=float(t.get("weight_decay") or 0.0))
     sched = dict(t.get("scheduler") or {"name": "none"})
@@ -420,10 +432,13 @@ def build_optimizer(model: torch.nn.Module, t: Mapping[str, Any]) -> tuple[torch
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=float(sched.get("factor", 0.3)), patience=int(sched.get("patience", 8)),
             min_lr=float(sched.get("min_lr", 0.0)))
+    elif sched.get("name") == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, int(t["epochs"])), eta_min=float(sched.get("min_lr", 0.0)))
     elif sched.get("name") in (None, "none"):
         scheduler = None
     else:
-        raise TrainError(f"train.scheduler.name must be 'plateau' or 'none', got {sched.get('name')!r}")
+        raise TrainError(f"train.scheduler.name must be 'plateau', 'cosine' or 'none', got {sched.get('name')!r}")
     return optimizer, scheduler
 
 
@@ -524,7 +539,7 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
         tr = train_one_epoch(net, train_loader, criterion, optimizer, scaler, amp, device, state, cfg, progress)
         va = evaluate(net, val_loader, criterion, amp, device, progress, uses_channels_last(t))
         if scheduler is not None:
-            scheduler.step(va.loss)
+            step_scheduler(scheduler, va.loss)
         state.epoch = epoch + 1
         row = {
             "epoch": state.epoch, "step": state.global_step, "lr": optimizer.param_groups[0]["lr"], "w_rec": tr.w_rec,

@@ -56,7 +56,7 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "quick": Budget(count=400, size=256, config=ROOT / "configs" / "cpu_demo.yaml", epochs=16),
+    "quick": Budget(count=320, size=256, config=ROOT / "configs" / "cpu_demo.yaml", epochs=16),
     "full": Budget(count=400, size=256, config=ROOT / "configs" / "cpu_tiny.yaml", epochs=16),
 }
 DEFAULT_CONFIG = BUDGETS["quick"].config
@@ -71,7 +71,7 @@ class DemoSettings:
     """What the demo runs on; ``quick`` shrinks everything for a smoke test."""
 
     out: Path
-    count: int = 400
+    count: int = 320
     size: int = 256
     seed: int = 0
     config: Path = DEFAULT_CONFIG

@@ -4,8 +4,8 @@ For each real reference label map in ``../shared/data/hpa_sample/masks`` (2048 a
 measured in this one run:
 
 * ``naive``: the usual way -- per cell, the full-size boolean mask, its Fortran-ordered copy,
-  ``pycocotools.mask.encode``, zlib level 9, base64 (:func:`wsss.submission.naive_encode_label_map`);
-* ``one-pass``: :func:`wsss.submission.encode_label_map` on the same full-resolution map;
+  ``pycocotools.mask.encode``, zlib level 9, base64 (:func:`wsss.masks.naive_encode_label_map`);
+* ``one-pass``: :func:`wsss.masks.encode_label_map` on the same full-resolution map;
 * ``one-pass from 512``: the pipeline's real path, a 512 px working-scale map upscaled by
   nearest neighbour to the original size inside the encoder (its naive counterpart upscales
   once, then encodes per cell).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import cv2
 
-from wsss.submission import encode_label_map, naive_encode_label_map
+from wsss.masks import encode_label_map, naive_encode_label_map
 
 ROOT = Path(__file__).resolve().parents[1]
 

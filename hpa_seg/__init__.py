@@ -7,9 +7,8 @@ watershed of the red + yellow cytoplasm signal seeded by the nuclei.
 
 Modules: :mod:`hpa_seg.params` (scale-aware parameters), :mod:`hpa_seg.nuclei`,
 :mod:`hpa_seg.cells`, :mod:`hpa_seg.postprocess` (numpy in, numpy out), :mod:`hpa_seg.pipeline`
-(``segment``), :mod:`hpa_seg.masks` (precomputed masks at the working scale), :mod:`hpa_seg.io`
-(the ``.npz`` label-map files of :mod:`wsss.masks.files`), :mod:`hpa_seg.evaluate` (instance
-matching, AP at IoU 0.6), :mod:`hpa_seg.overlay` (pictures), :mod:`hpa_seg.run` (a folder of
+(``segment``), :mod:`hpa_seg.masks` (precomputed masks at the working scale), :mod:`hpa_seg.evaluate`
+(instance matching, AP at IoU 0.6), :mod:`hpa_seg.overlay` (pictures), :mod:`hpa_seg.run` (a folder of
 images: process pool, resume guard, overlays). Label maps, their resize rule, overlap and matching
 come from :mod:`wsss.masks`; nothing in ``wsss`` but the CLI imports ``hpa_seg``. The console
 script is ``wsss-segment`` (:mod:`wsss.cli.segment`, a thin parser).

@@ -8,12 +8,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Bottom to top; a package may import from its own layer's packages only when listed earlier in it.
+#: ``wsss.viz`` sits under ``wsss.data`` (the synthetic-data generator draws with it) only because it
+#: is a pure leaf: it imports nothing from the project (test_viz_is_a_pure_leaf).
 LAYERS: list[list[str]] = [
     ["wsss", "wsss.fileio", "wsss.precision"],
     ["wsss.masks"],
     ["wsss.viz"],
     ["wsss.data"],
-    ["wsss.schema", "wsss.config", "wsss.losses", "wsss.models"],
+    ["wsss.schema", "wsss.tables", "wsss.config", "wsss.losses", "wsss.models"],
     ["wsss.submission"],
     ["wsss.metrics"],
     ["wsss.train", "hpa_seg"],
@@ -22,6 +24,13 @@ LAYERS: list[list[str]] = [
     ["wsss.cli"],
 ]
 RANK: dict[str, int] = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+#: Packages (or single files) that must not import each other although the layer order would allow it.
+INDEPENDENT: list[tuple[str, str]] = [
+    ("wsss.infer", "wsss.train"),  # inference loads models through wsss.models, never through training
+    ("wsss/cli/infer.py", "wsss.train"),
+]
+#: The only names that scoring and ensembling take from the Kaggle-format module: reading submissions.
+SUBMISSION_READERS: frozenset[str] = frozenset({"Submission", "read_submission"})
 
 
 def _node(module: str) -> str:
@@ -49,12 +58,16 @@ def _imports(path: Path, package: str) -> set[str]:
     return {m for m in out if m.split(".")[0] in ("wsss", "hpa_seg")}
 
 
+def _module_of(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
 def import_graph() -> dict[str, set[str]]:
     """Node -> the nodes it imports (self edges left out)."""
     graph: dict[str, set[str]] = {}
     for top in ("wsss", "hpa_seg"):
         for path in sorted((ROOT / top).rglob("*.py")):
-            module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            module = _module_of(path)
             src = _node(module)
             targets = {_node(m) for m in _imports(path, module)} - {src}
             graph.setdefault(src, set()).update(targets)
@@ -79,3 +92,36 @@ def test_masks_is_a_leaf_and_wsss_does_not_import_hpa_seg() -> None:
     assert graph.get("wsss.masks", set()) <= {"wsss.fileio"}
     users = sorted(src for src, dsts in graph.items() if "hpa_seg" in dsts and src != "wsss.cli")
     assert not users, f"only the CLI may import hpa_seg: {users}"
+
+
+def test_viz_is_a_pure_leaf() -> None:
+    """viz may sit below data only while it draws with numpy/OpenCV/scikit-image and imports nothing of ours."""
+    assert import_graph().get("wsss.viz", set()) == set()
+
+
+def test_independent_parts_do_not_import_each_other() -> None:
+    graph = import_graph()
+    found = []
+    for src, dst in INDEPENDENT:
+        if src.endswith(".py"):
+            path = ROOT / src
+            targets = {_node(m) for m in _imports(path, _module_of(path))}
+        else:
+            targets = graph.get(src, set())
+        if dst in targets:
+            found.append((src, dst))
+    assert not found, f"imports between parts that must stay independent: {found}"
+
+
+def test_metrics_and_ensemble_take_only_submission_readers() -> None:
+    """Per-cell tables come from wsss.tables; wsss.submission is used only to read Kaggle submission CSVs."""
+    paths = [*sorted((ROOT / "wsss" / "metrics").rglob("*.py")), ROOT / "wsss" / "ensemble.py"]
+    taken: dict[str, set[str]] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "wsss.submission":
+                taken.setdefault(path.name, set()).update(a.name for a in node.names)
+            elif isinstance(node, ast.Import) and any(a.name == "wsss.submission" for a in node.names):
+                taken.setdefault(path.name, set()).add("*module*")
+    extra = {name: sorted(names - SUBMISSION_READERS) for name, names in taken.items() if names - SUBMISSION_READERS}
+    assert not extra, f"metrics/ensemble take more than the submission readers from wsss.submission: {extra}"

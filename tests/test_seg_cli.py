@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hpa_seg.io import load_label_maps
+from wsss.masks import load_label_maps
 from hpa_seg.toy import ToyCell, toy_field
 from hpa_seg import run as seg_run
 from wsss.cli import segment as cli

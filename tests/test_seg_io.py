@@ -10,7 +10,7 @@ import pytest
 
 from hpa_seg import segment
 from hpa_seg.evaluate import agreement, match_instances
-from hpa_seg.io import load_label_maps, save_label_maps
+from wsss.masks import load_label_maps, save_label_maps
 from hpa_seg.masks import load_precomputed, prepare_precomputed
 from wsss.masks import MaskError, find_mask_files, read_label_file, resize_labels
 from hpa_seg.pipeline import segment_with_masks

@@ -35,10 +35,10 @@ from wsss.submission import (
     build_submission,
     format_prediction_string,
     parse_prediction_string,
-    read_cell_table,
     read_submission,
     write_submission,
 )
+from wsss.tables import read_cell_table
 
 
 def blob_labels(h: int, w: int, n: int, seed: int) -> np.ndarray:

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 from test_train_helpers import make_cache, tiny_config
 
-from wsss.train import checkpoint as ckpt
+from wsss.models.checkpoint import CheckpointError, load_model_from_checkpoint, read_metadata
 from wsss.precision import PrecisionError, autocast, make_scaler, resolve_precision
+from wsss.train import checkpoint as ckpt
 from wsss.train.loop import TrainError, fit
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -44,7 +45,7 @@ def test_training_drives_loss_down_and_beats_chance(trained: dict) -> None:
         assert (out / name).is_file(), name
     lines = (out / "metrics.csv").read_text().splitlines()
     assert len(lines) == 7 and "val_map" in lines[0] and "train_rec" in lines[0]
-    meta = ckpt.read_metadata(out / "best.safetensors")
+    meta = read_metadata(out / "best.safetensors")
     assert int(meta["epoch"]) == trained["best_epoch"]
     assert float(meta["val_loss"]) == pytest.approx(trained["best_val_loss"])
     assert trained["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in hist))
@@ -129,7 +130,7 @@ def test_load_model_from_checkpoint_reproduces_outputs(tmp_path: Path, trained: 
 
     run = tmp_path / "run"
     shutil.copytree(trained["out"], run)
-    model, loaded_cfg = ckpt.load_model_from_checkpoint(run / "best.safetensors", device="cpu")
+    model, loaded_cfg = load_model_from_checkpoint(run / "best.safetensors", device="cpu")
     assert loaded_cfg["data"]["size"] == 64 and loaded_cfg["model"]["name"] == "test_resnet"
     assert len(loaded_cfg["data"]["mean"]) == 4 and not model.training
     sd = load_file(str(run / "best.safetensors"))
@@ -137,13 +138,26 @@ def test_load_model_from_checkpoint_reproduces_outputs(tmp_path: Path, trained: 
         assert torch.equal(value, sd[key])
     # without config.yaml the copy in the metadata is used
     (run / "config.yaml").unlink()
-    _, cfg2 = ckpt.load_model_from_checkpoint(run / "best.safetensors")
+    _, cfg2 = load_model_from_checkpoint(run / "best.safetensors")
     assert cfg2["model"]["name"] == "test_resnet"
-    with pytest.raises(ckpt.CheckpointError, match="not found"):
-        ckpt.load_model_from_checkpoint(run / "nope.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model_from_checkpoint(run / "nope.safetensors")
     (run / "junk.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(ckpt.CheckpointError):
-        ckpt.load_model_from_checkpoint(run / "junk.safetensors")
+    with pytest.raises(CheckpointError):
+        load_model_from_checkpoint(run / "junk.safetensors")
+
+
+@pytest.mark.slow
+def test_trained_checkpoint_records_its_input(trained: dict) -> None:
+    """Training fills the model's record from the resolved data config; the loader restores it."""
+    import json
+
+    path = Path(trained["out"]) / "best.safetensors"
+    record = json.loads(read_metadata(path)["model"])
+    model, cfg = load_model_from_checkpoint(path)
+    assert record["input_size"] == cfg["data"]["size"] == 64
+    assert record["mean"] == cfg["data"]["mean"] and record["std"] == cfg["data"]["std"]
+    assert model.model_cfg == record and record["name"] == "test_resnet"
 
 
 def test_amp_settings() -> None:
@@ -170,7 +184,7 @@ def test_bf16_autocast_path_on_cpu_trains(tmp_path: Path, data: tuple[Path, Path
     summary = fit(cfg, 0)
     losses = [r["train_loss"] for r in summary["history"]]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    assert ckpt.load_model_from_checkpoint(Path(summary["out"]) / "last.safetensors")[0] is not None
+    assert load_model_from_checkpoint(Path(summary["out"]) / "last.safetensors")[0] is not None
 
 
 def test_bad_inputs_are_clear_errors(tmp_path: Path, data: tuple[Path, Path]) -> None:
@@ -260,7 +274,7 @@ def test_checkpoint_config_prefers_metadata(tmp_path: Path) -> None:
     cfg = {"model": {"name": "test_resnet"}, "data": {"size": 64, "mean": [0.1] * 4, "std": [0.2] * 4}}
     ckpt.save_checkpoint(tmp_path, "best", build_model("test_resnet"), cfg, 1, 0.5)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({**cfg, "data": {"size": 128, "mean": [0.9] * 4, "std": [1.0] * 4}}))
-    _, loaded = ckpt.load_model_from_checkpoint(tmp_path / "best.safetensors")
+    _, loaded = load_model_from_checkpoint(tmp_path / "best.safetensors")
     assert loaded["data"]["size"] == 64 and loaded["data"]["mean"] == [0.1] * 4
 
 

@@ -5,9 +5,9 @@ space-separated list of ``class confidence mask`` triplets, ``mask`` being one c
 image's original size in the competition's COCO RLE text form (:mod:`wsss.masks.rle`). Label maps
 are upscaled to the original size by the project's one rule, :func:`wsss.masks.resize_labels`.
 
-This module holds the prediction strings, :func:`read_submission`, the per-cell table reader
-(:func:`read_cell_table`) and :func:`build_submission` / :func:`write_submission`; masks, IoU and
-the RLE codec live in :mod:`wsss.masks`.
+This module holds the prediction strings, :func:`read_submission` and :func:`build_submission` /
+:func:`write_submission`; masks, IoU and the RLE codec live in :mod:`wsss.masks`, the per-cell
+table reader (:func:`~wsss.tables.read_cell_table`) in :mod:`wsss.tables`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from wsss.data.classes import NUM_CLASSES
 from wsss.fileio import atomic_write_bytes
 from wsss.masks import MaskError, encode_label_map, rows_mask_source
 from wsss.schema import PROB_COLUMNS
+from wsss.tables import average_duplicate_cells
 
 logger = logging.getLogger(__name__)
 
@@ -189,52 +190,6 @@ def _checked_sizes(images: pd.DataFrame, path: Path | str) -> pd.DataFrame:
     return images
 
 
-def average_duplicate_cells(cells: pd.DataFrame) -> pd.DataFrame:
-    """Average the probabilities of duplicate ``(image_id, cell_id)`` rows (e.g. one row per fold model).
-
-    Other columns come from the first of the duplicates; a warning states how many rows merged.
-    """
-    keys = ["image_id", "cell_id"]
-    dup = cells.duplicated(keys)
-    if not dup.any():
-        return cells
-    logger.warning("%d duplicate (image_id, cell_id) rows averaged into their first row", int(dup.sum()))
-    probs = cells.groupby(keys, sort=False)[PROB_COLUMNS].mean()
-    rest = cells.drop(columns=PROB_COLUMNS).drop_duplicates(keys).set_index(keys)
-    return rest.join(probs).reset_index()
-
-
-def read_cell_table(path: Path | str) -> pd.DataFrame:
-    """Read a per-cell table (parquet, or CSV with the same columns) and check its key columns.
-
-    A relative ``mask_path`` that does not exist from the working directory but does from the
-    table's folder is rewritten to that path. Duplicate cells are averaged
-    (:func:`average_duplicate_cells`).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: per-cell table not found")
-    try:
-        df = pd.read_csv(path, dtype={"image_id": str}) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-    except Exception as exc:
-        raise SubmissionError(f"{path}: cannot read ({exc})") from exc
-    missing = [c for c in ("image_id", "cell_id", *PROB_COLUMNS) if c not in df.columns]
-    if missing:
-        raise SubmissionError(f"{path}: not a per-cell table, missing column(s) {', '.join(missing[:5])}")
-    if df[PROB_COLUMNS].isna().any().any():
-        raise SubmissionError(f"{path}: NaN probabilities")
-    if "mask_path" in df.columns:
-        def fix(p: object) -> object:
-            if not isinstance(p, str) or not p or Path(p).is_absolute() or Path(p).exists():
-                return p
-            alt = path.parent / p
-            return str(alt) if alt.exists() else p
-        df["mask_path"] = df["mask_path"].map(fix)
-    df["image_id"] = df["image_id"].astype(str)
-    df["cell_id"] = df["cell_id"].astype(np.int64)
-    return average_duplicate_cells(df)
-
-
 def _image_masks(group: pd.DataFrame, height: int, width: int) -> dict[int, str]:
     """Mask strings of the cells in one image's rows: from a ``mask`` column when filled, else the label map."""
     source = rows_mask_source(group, height, width)
@@ -311,5 +266,5 @@ def write_submission(submission: pd.DataFrame, path: Path | str) -> Path:
 __all__: Sequence[str] = [
     "SUBMISSION_COLUMNS", "PREDICTION_COLUMNS", "SubmissionError",
     "format_confidence", "format_prediction_string", "parse_prediction_string", "Submission", "read_submission",
-    "read_image_sizes", "average_duplicate_cells", "read_cell_table", "build_submission", "write_submission",
+    "read_image_sizes", "build_submission", "write_submission",
 ]

@@ -1,6 +1,9 @@
 """Pictures for people: RGBY composites, label outlines and contact sheets.
 
-Only numpy/OpenCV/matplotlib; nothing here is needed by training or inference.
+A pure leaf: numpy, OpenCV and scikit-image drawing only, no import from the project (so the
+synthetic-data generator in :mod:`wsss.data` can use it). Label maps are drawn at the picture's
+size; callers resize them first with the project's one rule, :func:`wsss.masks.resize_labels`.
+Nothing here is needed by training or inference.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
-
-from wsss.masks import resize_labels
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,10 @@ def outline_mask(labels: np.ndarray) -> np.ndarray:
 
 
 def draw_outlines(rgb: np.ndarray, labels: np.ndarray, color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """Return a copy of ``rgb`` with the instance outlines of ``labels`` drawn in ``color``.
-
-    ``labels`` is resized by nearest neighbour to the picture's size when the two differ.
-    """
-    labels = resize_labels(labels, rgb.shape[0], rgb.shape[1])
+    """Return a copy of ``rgb`` with the instance outlines of ``labels`` (``H x W``, the picture's size) in ``color``."""
+    if labels.shape[:2] != rgb.shape[:2]:
+        raise ValueError(f"label map {labels.shape[:2]} and picture {rgb.shape[:2]} differ in size; "
+                         "resize the labels first (wsss.masks.resize_labels)")
     out = rgb.copy()
     out[outline_mask(labels)] = color
     return out

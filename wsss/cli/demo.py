@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 
 from wsss.data.classes import CLASS_NAMES
-from wsss.data.io import read_rgby_png, resize_labels
+from wsss.data.io import read_rgby_png
 from wsss.data.prepare import cache_path
+from wsss.masks import resize_labels
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,8 @@ def segment_and_infer(s: DemoSettings, p: dict[str, Path], ids: list[str]) -> No
 def combine(p: dict[str, Path]) -> dict[str, pd.DataFrame]:
     """Naive baseline, stage 1, stage 2, their ensemble; write the ensemble's submission."""
     from wsss.ensemble import Source, ensemble, naive_cells_from_images
-    from wsss.submission import build_submission, read_cell_table, write_submission
+    from wsss.submission import build_submission, write_submission
+    from wsss.tables import read_cell_table
 
     stage1 = read_cell_table(p["pred"] / "cells_stage1.parquet")
     stage2 = read_cell_table(p["pred"] / "cells_stage2.parquet")
@@ -241,7 +243,7 @@ def _enlarged(rgb: np.ndarray, min_side: int = 512) -> np.ndarray:
 def draw_overlays(tables: dict[str, pd.DataFrame], synth: Path, cache: Path, ids: Sequence[str], out: Path,
                   count: int) -> list[Path]:
     """Pictures of true (left) vs ensemble-predicted (right) cell labels for a few heterogeneous ids."""
-    from hpa_seg.io import load_label_maps
+    from wsss.masks import load_label_maps
     from wsss.data.synth import read_cell_labels, read_truth
     from wsss.viz import cell_centroids, draw_outlines, put_text, rgby_composite, save_png, tile_grid
 

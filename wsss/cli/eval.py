@@ -34,7 +34,8 @@ from wsss.metrics.cell import (
 )
 from wsss.schema import PROB_COLUMNS
 from wsss.masks import MaskError
-from wsss.submission import read_cell_table, read_submission
+from wsss.submission import read_submission
+from wsss.tables import read_cell_table
 
 logger = logging.getLogger(__name__)
 

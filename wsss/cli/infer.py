@@ -94,15 +94,15 @@ def _run(args: argparse.Namespace) -> int:
     from wsss.precision import describe
     from wsss.infer.settings import build_settings, resolve_checkpoint, resolve_device
     from wsss.infer.sources import ImageSource, MaskSource
-    from wsss.train.checkpoint import load_model_from_checkpoint
+    from wsss.models.checkpoint import load_model_from_checkpoint
 
     cfg = resolve_config(args)
     device = resolve_device(cfg["device"])  # before loading: a bad --device is a one-line error
     ckpt = resolve_checkpoint(args.ckpt, args.fold)
-    model, model_cfg = load_model_from_checkpoint(ckpt, device=str(device))
+    model, _ = load_model_from_checkpoint(ckpt, device=str(device))
     images = ImageSource(args.images)
     masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
-    settings = build_settings(cfg, args.out, args.stage, model_cfg,
+    settings = build_settings(cfg, args.out, args.stage, model.model_cfg,
                               fold=-1 if args.fold is None else args.fold,
                               run_info={"ckpt": str(ckpt.resolve())})
     amp = amp_settings(settings.precision, settings.device)
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wsss.infer.runner import RunError
     from wsss.infer.scoring import ScoringError
     from wsss.infer.tables import TableError
-    from wsss.train.checkpoint import CheckpointError
+    from wsss.models.checkpoint import CheckpointError
 
     try:
         return _run(args)

@@ -15,12 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsss.masks import MaskError
-from wsss.submission import (
-    build_submission,
-    read_cell_table,
-    read_image_sizes,
-    write_submission,
-)
+from wsss.submission import build_submission, read_image_sizes, write_submission
+from wsss.tables import read_cell_table
 
 logger = logging.getLogger(__name__)
 

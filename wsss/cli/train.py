@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from wsss.train.checkpoint import CheckpointError
+    from wsss.models.checkpoint import CheckpointError
     from wsss.train.loop import TrainError, fit
 
     try:

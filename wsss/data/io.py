@@ -16,7 +16,7 @@ Sources:
   blue and yellow (see :mod:`wsss.data.prepare`).
 
 Label maps (cell masks) are not images: their reading and their one resize rule live in
-:mod:`wsss.masks` (``resize_labels`` is re-exported here for older callers).
+:mod:`wsss.masks`.
 
 Every problem (missing channel, unreadable file, mismatched channel sizes) raises
 :class:`ImageReadError`, whose message names the id and the file.
@@ -31,7 +31,6 @@ import cv2
 import numpy as np
 
 from wsss.fileio import atomic_write_bytes, decode_image_file
-from wsss.masks.labels import nearest_index, resize_labels  # noqa: F401 - label maps: see wsss.masks
 
 logger = logging.getLogger(__name__)
 

@@ -639,6 +639,7 @@ def annotated_picture(rgby: np.ndarray, cells: np.ndarray, nuclei: np.ndarray,
 
     Images smaller than ``min_display`` px are enlarged first so the labels stay readable.
     """
+    from wsss.masks import resize_labels
     from wsss.viz import cell_centroids, draw_outlines, put_text, rgby_composite
 
     size = max(rgby.shape[0], min_display)
@@ -646,8 +647,8 @@ def annotated_picture(rgby: np.ndarray, cells: np.ndarray, nuclei: np.ndarray,
     pic = rgby_composite(rgby)
     if zoom != 1.0:
         pic = cv2.resize(pic, (size, size), interpolation=cv2.INTER_LINEAR)
-    pic = draw_outlines(pic, nuclei, (110, 110, 150))
-    pic = draw_outlines(pic, cells, (235, 235, 235))
+    pic = draw_outlines(pic, resize_labels(nuclei, *pic.shape[:2]), (110, 110, 150))
+    pic = draw_outlines(pic, resize_labels(cells, *pic.shape[:2]), (235, 235, 235))
     text_scale = float(np.clip(size / 1000.0, 0.3, 0.6))
     for cid, (x, y) in cell_centroids(cells).items():
         text = cell_labels.get(cid, "?")

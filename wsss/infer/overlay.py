@@ -18,6 +18,7 @@ import torch
 
 from wsss.data.classes import CLASS_NAMES, NUM_CLASSES
 from wsss.data.io import resize_rgby
+from wsss.masks import resize_labels
 from wsss.viz import cell_centroids, draw_outlines, put_text, rgby_composite, save_png, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def save_cam_grid(path: Path | str, rgby: np.ndarray, cams: torch.Tensor | np.nd
     shape = cam.shape[-2:]
     rgb = _composite_at(rgby, shape)
     if labels is not None:
-        rgb = draw_outlines(rgb, labels)
+        rgb = draw_outlines(rgb, resize_labels(labels, *rgb.shape[:2]))
     panels = 1 + len(chosen)
     cols = min(4, panels)
     rows = (panels + cols - 1) // cols

@@ -101,10 +101,15 @@ def crop_side(size: Any, input_size: int) -> int:
 
 def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg: Mapping[str, Any],
                    fold: int = -1, run_info: Mapping[str, Any] | None = None) -> InferSettings:
-    """Settings of a run from the resolved inference config and the checkpoint's training config."""
-    data = dict(model_cfg.get("data", {}) or {})
-    model_name = str((model_cfg.get("model", {}) or {}).get("name", "model"))
-    input_size = cfg["stage1"].get("input_size") or data.get("size") or 512
+    """Settings of a run from the resolved inference config and the loaded model's record.
+
+    ``model_cfg`` is :attr:`PuzzleCAM.model_cfg <wsss.models.PuzzleCAM>` as restored by
+    :func:`wsss.models.load_model_from_checkpoint`: its ``input_size`` (unless
+    ``stage1.input_size`` is set; else 512), ``mean`` and ``std`` (else the dataset defaults)
+    and ``name`` (the default source tag) describe the input.
+    """
+    model_name = str(model_cfg.get("name") or "model")
+    input_size = cfg["stage1"].get("input_size") or model_cfg.get("input_size") or 512
     precision = str(cfg["precision"])
     if precision not in PRECISIONS:
         raise RunError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -114,8 +119,8 @@ def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg:
     stage2["size"] = crop_side(stage2.get("size"), int(input_size))
     return InferSettings(
         out_dir=Path(out_dir), input_size=int(input_size),
-        mean=tuple(float(v) for v in (data.get("mean") or DEFAULT_MEAN)),
-        std=tuple(float(v) for v in (data.get("std") or DEFAULT_STD)),
+        mean=tuple(float(v) for v in (model_cfg.get("mean") or DEFAULT_MEAN)),
+        std=tuple(float(v) for v in (model_cfg.get("std") or DEFAULT_STD)),
         device=device, batch_size=int(cfg["batch_size"]), workers=int(cfg["workers"]), precision=precision,
         tta=tta, chunk_images=int(cfg["chunk_images"]),
         source=str(cfg.get("source") or f"stage{stage}:{model_name}"), fold=int(fold),

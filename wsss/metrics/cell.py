@@ -41,7 +41,8 @@ from wsss.data.io import ImageReadError
 from wsss.data.io import read_label_png as _read_label_png
 from wsss.schema import PROB_COLUMNS
 from wsss.masks import CellMasks, MaskError, cell_masks_from_label_map, cell_masks_from_strings, pairwise_iou, rows_cell_masks
-from wsss.submission import Submission, average_duplicate_cells
+from wsss.submission import Submission
+from wsss.tables import average_duplicate_cells
 
 logger = logging.getLogger(__name__)
 

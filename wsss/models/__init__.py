@@ -6,6 +6,9 @@ current ones (``gluon_seresnext101_32x4d`` is ``seresnext101_32x4d`` with the Gl
 timm 1.0; ``regnety_64`` is the writeup's spelling of ``regnety_064``). Non-timm backbones can be
 added with :func:`register_backbone`. Nothing is ever downloaded: pretrained weights come only
 from a local file, adapted to 4 channels by :mod:`wsss.models.stem`.
+
+:func:`load_model_from_checkpoint` (:mod:`wsss.models.checkpoint`) rebuilds a trained model, with
+its record :attr:`PuzzleCAM.model_cfg`, from a checkpoint written by :mod:`wsss.train.checkpoint`.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from pathlib import Path
 
 from torch import nn
 
+from wsss.models.checkpoint import CheckpointError, load_model_from_checkpoint
 from wsss.models.puzzle import PuzzleError, merge, tile
-from wsss.models.puzzlecam import PuzzleCAM, PuzzleOutput
+from wsss.models.puzzlecam import MODEL_CFG_KEYS, PuzzleCAM, PuzzleOutput
 from wsss.models.stem import PretrainedError, adapt_first_conv_weight, load_pretrained_backbone
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALIASES",
+    "CheckpointError",
+    "MODEL_CFG_KEYS",
     "VARIANTS",
     "WRITEUP_BACKBONES",
     "ModelError",
@@ -33,6 +39,7 @@ __all__ = [
     "PuzzleOutput",
     "adapt_first_conv_weight",
     "build_model",
+    "load_model_from_checkpoint",
     "merge",
     "register_backbone",
     "resolve_name",
@@ -127,6 +134,10 @@ def build_model(
         output_stride: 16 for finer CAMs (dilated last stage) where the backbone allows; ``None``/32 = default.
         grid: tiles per side in the puzzle branch.
         stem_rule: how the extra input channels are initialised from RGB filters (:mod:`wsss.models.stem`).
+
+    The model's record (:attr:`PuzzleCAM.model_cfg`) holds these build options (not the
+    pretrained file or stem rule: the weights are in the model); its input size, mean and std
+    stay ``None`` until set (:meth:`PuzzleCAM.set_input_cfg`).
     """
     if output_stride not in (None, 8, 16, 32):
         raise ModelError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
@@ -136,7 +147,8 @@ def build_model(
         backbone, num_features, stride = _timm_backbone(name, in_chans, output_stride)
     if pretrained_file:
         load_pretrained_backbone(backbone, pretrained_file, rule=stem_rule)
-    model = PuzzleCAM(backbone, num_features, num_classes=num_classes, stride=stride, grid=grid, name=name)
+    model = PuzzleCAM(backbone, num_features, num_classes=num_classes, stride=stride, grid=grid, name=name,
+                      model_cfg={"in_chans": in_chans, "output_stride": output_stride})
     logger.info("built %s: %d features, stride %d, %d parameters", name, num_features, stride,
                 sum(p.numel() for p in model.parameters()))
     return model

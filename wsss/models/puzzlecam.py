@@ -9,12 +9,19 @@ resolution (``H / stride``).
 ``grid x grid`` tiles as one batch, through the same network; the tile CAMs are merged back into
 one map per image (see :mod:`wsss.models.puzzle`). Calling ``model(x, puzzle=True)`` does the same
 through ``forward`` so that a DistributedDataParallel wrapper sees both passes in one call.
+
+Like timm's ``pretrained_cfg``, every model carries its own record, :attr:`PuzzleCAM.model_cfg`
+(keys :data:`MODEL_CFG_KEYS`): the build options of :func:`wsss.models.build_model` and the input
+it expects (square side, per-channel mean and std). Training fills the input part from its
+resolved data config (:meth:`PuzzleCAM.set_input_cfg`); checkpoints store the record and
+:func:`wsss.models.checkpoint.load_model_from_checkpoint` restores it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +29,11 @@ from torch import nn
 from wsss.models.puzzle import PuzzleError, merge, tile
 
 logger = logging.getLogger(__name__)
+
+#: Keys of :attr:`PuzzleCAM.model_cfg`: build options, then the expected input (``None`` = unknown).
+MODEL_CFG_KEYS: tuple[str, ...] = (
+    "name", "num_classes", "in_chans", "output_stride", "grid", "input_size", "mean", "std",
+)
 
 
 class PuzzleOutput(NamedTuple):
@@ -44,6 +56,8 @@ class PuzzleCAM(nn.Module):
         stride: total downsampling of the backbone (32, or 16 with ``output_stride=16``).
         grid: tiles per side in the puzzle branch (2 -> 2x2 tiles).
         name: backbone name, kept for checkpoints and logs.
+        model_cfg: entries of the model's record (:data:`MODEL_CFG_KEYS`) beyond those given
+            above, e.g. ``in_chans`` and ``output_stride`` from :func:`wsss.models.build_model`.
     """
 
     def __init__(
@@ -54,6 +68,7 @@ class PuzzleCAM(nn.Module):
         stride: int = 32,
         grid: int = 2,
         name: str = "",
+        model_cfg: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -63,6 +78,21 @@ class PuzzleCAM(nn.Module):
         self.stride = stride
         self.grid = grid
         self.name = name
+        extra = dict(model_cfg or {})
+        unknown = sorted(set(extra) - set(MODEL_CFG_KEYS))
+        if unknown:
+            raise ValueError(f"unknown model_cfg key(s) {unknown}; known: {', '.join(MODEL_CFG_KEYS)}")
+        self.model_cfg: dict[str, Any] = {key: None for key in MODEL_CFG_KEYS}
+        self.model_cfg.update(name=name, num_classes=num_classes, grid=grid)
+        self.model_cfg.update(extra)
+
+    def set_input_cfg(self, input_size: int | None, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        """Record the input the model expects: square side in pixels and per-channel mean and std."""
+        self.model_cfg.update(
+            input_size=None if input_size is None else int(input_size),
+            mean=None if mean is None else [float(v) for v in mean],
+            std=None if std is None else [float(v) for v in std],
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone feature map ``B x F x h x w``."""

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wsss.models.checkpoint import CheckpointError, read_state_file
+
 logger = logging.getLogger(__name__)
 
 STEM_RULES: tuple[str, ...] = ("mean", "red", "zero", "timm")
@@ -66,7 +68,8 @@ def adapt_first_conv_weight(weight: torch.Tensor, in_chans: int = 4, rule: str =
 
 
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``).
+    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``,
+    :func:`wsss.models.checkpoint.read_state_file`).
 
     A dict nested under ``state_dict``/``model``/``module`` is unwrapped and a ``module.`` prefix
     (DistributedDataParallel) is dropped.
@@ -75,14 +78,9 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PretrainedError(f"{path}: pretrained weights file not found")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: object = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear line
-        raise PretrainedError(f"{path}: cannot read weights ({exc.__class__.__name__}: {exc})") from None
+        sd: object = read_state_file(path)[0]
+    except CheckpointError as exc:  # one line; a file needing unpickling is refused, not run
+        raise PretrainedError(str(exc)) from None
     for _ in range(3):
         if isinstance(sd, Mapping):
             nested = next((k for k in _NESTED_KEYS if k in sd and isinstance(sd[k], Mapping)), None)

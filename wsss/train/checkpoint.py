@@ -1,10 +1,14 @@
-"""Checkpoints: model weights in safetensors, resume state in a ``torch.save`` file, written atomically.
+"""Writing checkpoints: model weights in safetensors, resume state in a ``torch.save`` file, atomically.
+
+Reading a checkpoint back into a model is :mod:`wsss.models.checkpoint`, next to the model; this
+module only adds what training needs (saving, and the resume state of a ``last`` checkpoint).
 
 Files in a run folder:
 
 * ``{name}.safetensors`` (``name`` = ``last`` or ``best``): the :class:`~wsss.models.PuzzleCAM`
-  state dict; its metadata holds ``format``, ``epoch``, ``val_loss``, the model's build options
-  (``model``, JSON) and the whole resolved config (``config``, JSON) so the file stands alone;
+  state dict; its metadata holds ``format``, ``epoch``, ``val_loss``, the model's record
+  (:attr:`~wsss.models.PuzzleCAM.model_cfg`: build options, input size, mean and std; ``model``,
+  JSON) and the whole resolved config (``config``, JSON) so the file stands alone;
 * ``config.yaml``: the resolved config, written at the start of the run;
 * ``{name}.state-e{epoch:04d}.pt`` (``last`` only): optimizer, scheduler, GradScaler, sampler,
   epoch counters, best score, history and RNG states, read back with ``weights_only=True``.
@@ -27,32 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from wsss.fileio import atomic_write_bytes
+from wsss.models.checkpoint import FORMAT, CheckpointError, load_weights_only, model_cfg_from_config, read_weights
 from wsss.train.ddp import unwrap
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "wsss-puzzlecam-1"
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable, or not a wsss Puzzle-CAM checkpoint."""
-
-
-def _model_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Build options of :func:`wsss.models.build_model` taken from the config's ``model`` section."""
-    m = dict(cfg.get("model", {}))
-    return {
-        "name": m.get("name", "seresnext50_32x4d"),
-        "num_classes": int(m.get("num_classes", 19)),
-        "in_chans": int(m.get("in_chans", 4)),
-        "output_stride": m.get("output_stride"),
-        "grid": int(m.get("puzzle_grid", 2)),
-    }
+def model_record(model: torch.nn.Module, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The record saved as ``model`` metadata: the model's own ``model_cfg``, else one built from ``cfg``."""
+    record = getattr(unwrap(model), "model_cfg", None)
+    return dict(record) if isinstance(record, Mapping) else model_cfg_from_config(cfg)
 
 
 def save_weights(path: Path | str, model: torch.nn.Module, metadata: Mapping[str, str]) -> Path:
@@ -82,7 +73,7 @@ def save_checkpoint(
         "format": FORMAT,
         "epoch": str(int(epoch)),
         "val_loss": "" if val_loss is None else repr(float(val_loss)),
-        "model": json.dumps(_model_spec(cfg)),
+        "model": json.dumps(model_record(model, cfg)),
         "config": json.dumps(cfg, default=str),
     }
     if state is not None:
@@ -99,29 +90,6 @@ def save_checkpoint(
     return path
 
 
-def read_metadata(path: Path | str) -> dict[str, str]:
-    """The string metadata of a safetensors checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except Exception as exc:  # noqa: BLE001 - corrupt header etc.
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def read_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict and metadata of a safetensors checkpoint (on the CPU)."""
-    path = Path(path)
-    meta = read_metadata(path)
-    try:
-        sd = st_load(path.read_bytes())
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot read tensors ({exc})") from None
-    return sd, meta
-
-
 def load_resume_state(weights_path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
     """Weights, resume state and metadata of a ``last`` checkpoint (the state file its metadata names)."""
     weights_path = Path(weights_path)
@@ -132,56 +100,4 @@ def load_resume_state(weights_path: Path | str) -> tuple[dict[str, torch.Tensor]
     state_path = weights_path.parent / state_name
     if not state_path.is_file():
         raise CheckpointError(f"{weights_path}: its resume state {state_path.name} is missing")
-    try:
-        state = torch.load(str(state_path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{state_path}: cannot read resume state ({exc.__class__.__name__}: {exc})") from None
-    return sd, state, meta
-
-
-def _config_for(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
-    """The config stored in the file's metadata (exactly what it was trained with), else ``config.yaml`` beside it.
-
-    The metadata wins: ``config.yaml`` is rewritten by every (resumed) run in the folder, so an
-    older ``best`` may no longer match it.
-    """
-    if meta.get("config"):
-        try:
-            return json.loads(meta["config"])
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: unreadable config in its metadata ({exc})") from None
-    beside = path.parent / "config.yaml"
-    if beside.is_file():
-        from wsss.config import load_config
-
-        return load_config(beside)
-    raise CheckpointError(f"{path}: no config.yaml beside it and no config in its metadata")
-
-
-def load_model_from_checkpoint(
-    path: Path | str, device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the :class:`~wsss.models.PuzzleCAM` of a checkpoint, in eval mode on ``device``.
-
-    Returns ``(model, cfg)`` where ``cfg`` is the resolved training config (the copy in its
-    metadata, else ``config.yaml`` beside the file); ``cfg["data"]["size"]``, ``["mean"]``,
-    ``["std"]`` and ``cfg["model"]["name"]`` describe the expected input.
-    """
-    from wsss.models import build_model
-
-    path = Path(path)
-    sd, meta = read_weights(path)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a wsss Puzzle-CAM checkpoint (format {meta.get('format')!r})")
-    cfg = _config_for(path, meta)
-    spec = json.loads(meta["model"]) if meta.get("model") else _model_spec(cfg)
-    model = build_model(
-        spec["name"], num_classes=spec["num_classes"], in_chans=spec["in_chans"],
-        pretrained_file=None, output_stride=spec.get("output_stride"), grid=spec.get("grid", 2),
-    )
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {spec['name']} ({str(exc).splitlines()[0]})") from None
-    model.to(device).eval()
-    return model, cfg
+    return sd, load_weights_only(state_path), meta

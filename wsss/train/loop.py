@@ -515,6 +515,7 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_loader, val_loader, sampler, val_y = build_loaders(cfg, fold, info, device)
+    model.set_input_cfg(int(cfg["data"]["size"]), cfg["data"]["mean"], cfg["data"]["std"])  # resolved by now
     optimizer, scheduler = build_optimizer(net, t)
     scaler = make_scaler(amp)
     loss_cfg = cfg["loss"]

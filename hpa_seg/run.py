@@ -74,7 +74,8 @@ def run_task(task: Task) -> Result:
         orig_hw = task.orig_hw or (int(rgby.shape[0]), int(rgby.shape[1]))
         params = SegParams().with_overrides(**task.params)
         if task.masks:
-            cells, nuclei = segment_with_masks(rgby, task.masks, task.image_id, task.size, params, task.border)
+            cells, nuclei = segment_with_masks(rgby, task.masks, task.image_id, task.size, params, task.border,
+                                               orig_hw=orig_hw)
         else:
             cells, nuclei = segment(rgby, task.size, params, task.border)
         save_label_maps(task.out_path, cells, nuclei, orig_hw)

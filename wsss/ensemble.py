@@ -25,7 +25,7 @@ overlap the primary segmentation); the count is logged. Images absent from the p
 in the output.
 
 A source that leaves primary cells unmatched is warned about (how many of how many); when the
-unmatched share passes ``max_unmatched`` (default :data:`MAX_UNMATCHED`, half the primary's
+unmatched share passes ``max_unmatched`` (default :data:`MAX_UNMATCHED`, 90% of the primary's
 cells) the ensemble is refused: tables that match nowhere would silently give the primary back.
 
 Methods (per cell and class, weights ``w_s``):
@@ -62,7 +62,7 @@ UNMATCHED_POLICIES: tuple[str, ...] = ("renorm", "fill", "drop")
 IOU_THRESHOLD: float = 0.6
 GEOM_EPS: float = 1e-6
 #: Largest share of the primary's cells a source may leave unmatched before the ensemble is refused.
-MAX_UNMATCHED: float = 0.5
+MAX_UNMATCHED: float = 0.9
 
 
 class EnsembleError(ValueError):

@@ -126,7 +126,10 @@ def load_config(path: Path | str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc.__class__.__name__}: {exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        detail = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{path}: invalid YAML ({where}{detail})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -24,17 +24,16 @@ EXIT_EPILOG = ("exit codes: 0 all done; 1 finished with some ids skipped (listed
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line.
 
-    Exceptions re-raised from a DataLoader worker carry the worker's traceback in their message;
-    their last line (``module.Error: message``) is reduced to the message.
+    An exception re-raised from a DataLoader worker carries the worker's traceback in its
+    message; only its last line's message is kept. Other messages have their lines joined.
     """
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    if len(lines) == 1:
-        return lines[0]
-    last = lines[-1]
-    head, sep, rest = last.partition(": ")
-    return rest if sep and head.endswith("Error") and "." in head else last
+    if lines[0].startswith("Caught ") and "worker" in lines[0]:
+        head, sep, rest = lines[-1].partition(": ")
+        return rest if sep and head.endswith(("Error", "Exception")) else lines[-1]
+    return " ".join(lines)
 
 
 def refuse(prog: str, exc: BaseException | str) -> int:

@@ -301,6 +301,7 @@ def test_labels_folds(tmp_path: Path, capsys, label: str, code: int, needle: str
     expect(result, code, needle)
 
 
+@pytest.mark.timeout(300)  # trains or builds a model: slow under load
 def test_fold_out_of_range_train(tmp_path: Path, capsys) -> None:
     argv = train_args(tmp_path)
     folds = pd.read_csv(tmp_path / "folds.csv", dtype=str)
@@ -320,6 +321,7 @@ def test_fold_not_in_file_infer(tmp_path: Path, capsys) -> None:
     expect(result, EXIT_REFUSED, "fold 3 not found")
 
 
+@pytest.mark.timeout(300)  # trains or builds a model: slow under load
 def test_ids_without_images(tmp_path: Path, capsys) -> None:
     src = kaggle_with(tmp_path)
     pd.DataFrame({"ID": ["ok", "ghost"], "Label": ["0", "1"]}).to_csv(tmp_path / "train.csv", index=False)
@@ -419,12 +421,14 @@ CONFIG_CASES = [  # (case, extra wsss-train arguments, text of the line)
 ]
 
 
+@pytest.mark.timeout(300)  # trains or builds a model: slow under load
 @pytest.mark.parametrize("extra, needle", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
 def test_configs_train(tmp_path: Path, capsys, extra: list[str], needle: str) -> None:
     expect(run_cli("train", train_args(tmp_path, *extra), capsys), EXIT_REFUSED, needle)
     assert not (tmp_path / "run").exists()  # refused before any work: no run folder
 
 
+@pytest.mark.timeout(300)  # trains or builds a model: slow under load
 def test_config_yaml_error_and_missing(tmp_path: Path, capsys) -> None:
     argv = train_args(tmp_path)
     (tmp_path / "tiny.yaml").write_text("model: {name: [unclosed\n")
@@ -433,10 +437,11 @@ def test_config_yaml_error_and_missing(tmp_path: Path, capsys) -> None:
     expect(run_cli("train", argv, capsys), EXIT_REFUSED, "config file not found")
 
 
+@pytest.mark.timeout(300)  # trains or builds a model: slow under load
 def test_config_saved_run_config_is_accepted(tmp_path: Path, capsys) -> None:
     """A run's saved config.yaml (with train.fold and train.resolved) is a valid --config."""
-    argv = train_args(tmp_path)
-    expect(run_cli("train", argv, capsys), EXIT_OK, "1 epochs")
+    argv = train_args(tmp_path, "--epochs", "0")  # saves the resolved config without training
+    expect(run_cli("train", argv, capsys), EXIT_OK, "0 epochs")
     saved = tmp_path / "run" / "config.yaml"
     assert "resolved" in yaml.safe_load(saved.read_text())["train"]
     from wsss.cli.train import build_parser, resolve_config
@@ -558,6 +563,7 @@ def test_segment_zero_byte_npz_is_not_done(tmp_path: Path, capsys) -> None:
     assert load_label_maps(out / "two.npz").num_cells > 0
 
 
+@pytest.mark.timeout(300)  # trains or builds a model: slow under load
 def test_corrupt_cache_image_train(tmp_path: Path, capsys) -> None:
     argv = train_args(tmp_path)
     for image_id in ("img002", "img003"):  # a validation and a training image of fold 0
@@ -608,6 +614,7 @@ def _unwritable_cases(tmp: Path) -> dict[str, list[object]]:
     }
 
 
+@pytest.mark.timeout(300)  # trains or builds a model: slow under load
 def test_unwritable_outputs(tmp_path: Path, capsys) -> None:
     for name, argv in _unwritable_cases(tmp_path).items():
         result = run_cli(name, argv, capsys)
@@ -624,14 +631,14 @@ def _spawn(name: str, argv: list[object]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120.0) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds (or it ends, or ``timeout``)."""
+def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120.0) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (or it ends, or ``timeout``); True when it was killed."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.01)
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    return proc.wait(timeout=30) == -signal.SIGKILL
 
 
 @pytest.mark.slow
@@ -642,7 +649,7 @@ def test_kill_segment_then_resume(tmp_path: Path, capsys) -> None:
         write_kaggle(src, f"i{k:02d}", cells_rgby(128)[0])
     out = tmp_path / "seg"
     proc = _spawn("segment", [src, out, "--size", 128, "--quiet"])
-    _kill_when(proc, lambda: len(list(out.glob("*.npz"))) >= 2)
+    assert _kill_when(proc, lambda: len(list(out.glob("*.npz"))) >= 2)  # killed mid-run
     expect(run_cli("segment", [src, out, "--size", 128, "--quiet"], capsys), EXIT_OK, "")
     from wsss.masks import load_label_maps
 
@@ -657,7 +664,7 @@ def test_kill_prepare_then_resume(tmp_path: Path, capsys) -> None:
         write_kaggle(src, f"i{k:02d}", cells_rgby(256)[0])
     out = tmp_path / "cache"
     proc = _spawn("prepare", [src, out, "--size", 128, "--workers", 1, "--quiet"])
-    _kill_when(proc, lambda: len(list(out.glob("*.png"))) >= 3)
+    assert _kill_when(proc, lambda: len(list(out.glob("*.png"))) >= 3)  # killed mid-run
     expect(run_cli("prepare", [src, out, "--size", 128, "--workers", 1, "--quiet"], capsys), EXIT_OK, "0 failed")
     from wsss.data.prepare import read_manifest
 
@@ -678,7 +685,7 @@ def test_kill_infer_then_resume(tmp_path: Path, capsys) -> None:
     argv = ["--stage", 1, "--ckpt", ckpt, "--images", src, "--masks", masks, "--out", out,
             "--set", "chunk_images=1", "--set", "workers=0", "--batch-size", 1]
     proc = _spawn("infer", argv)
-    _kill_when(proc, lambda: len(list(out.glob("parts_*/done-*.parquet"))) >= 2)
+    assert _kill_when(proc, lambda: len(list(out.glob("parts_*/done-*.parquet"))) >= 2)  # killed mid-run
     expect(run_cli("infer", argv, capsys), EXIT_OK, "0 skipped")
     cells = pd.read_parquet(next(out.glob("cells*stage1*.parquet")))
     assert sorted(cells["image_id"].unique()) == [f"i{k}" for k in range(8)] and len(cells) == 24
@@ -690,7 +697,7 @@ def test_kill_train_then_resume(tmp_path: Path, capsys) -> None:
     argv = train_args(tmp_path, "--epochs", "3")
     last = tmp_path / "run" / "last.safetensors"
     proc = _spawn("train", argv)
-    _kill_when(proc, last.is_file, timeout=300)
+    assert _kill_when(proc, last.is_file, timeout=300)  # killed mid-run
     result = run_cli("train", [*argv, "--resume"], capsys)
     expect(result, EXIT_OK, "3 epochs")
 

@@ -26,6 +26,19 @@ import pandas as pd
 import pytest
 import yaml
 
+import wsss.cli.ensemble
+import wsss.cli.eval
+import wsss.cli.folds
+import wsss.cli.infer
+import wsss.cli.oof
+import wsss.cli.prepare
+import wsss.cli.segment
+import wsss.cli.submit
+import wsss.cli.synth
+import wsss.cli.train
+import wsss.models
+import wsss.train.loop  # noqa: F401 - imported at collection: libraries that log (timm, huggingface_hub)
+# bind their handlers to the session's stderr, not to one test's captured (then closed) stream
 from test_train_helpers import make_cache
 from wsss.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_SKIPPED
 from wsss.schema import PROB_COLUMNS
@@ -52,9 +65,7 @@ class Outcome:
 
 def run_cli(name: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> Outcome:
     """Run ``wsss-<name>`` in-process; SystemExit (argparse) counts as its code."""
-    import importlib
-
-    main = importlib.import_module(f"wsss.cli.{name}").main
+    main = getattr(wsss.cli, name).main
     capsys.readouterr()
     try:
         code = main([str(a) for a in argv])

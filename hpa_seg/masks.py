@@ -24,13 +24,15 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_precomputed(cells: np.ndarray, nuclei: np.ndarray | None, shape: tuple[int, int],
-                        blue: np.ndarray | None = None, params: SegParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        blue: np.ndarray | None = None, params: SegParams | None = None,
+                        name: str = "mask", image_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bring precomputed label maps to the working ``shape`` (numpy in, numpy out).
 
-    :func:`wsss.masks.fit_label_maps` resizes and renumbers them; without nuclei, ``blue`` (the
+    :func:`wsss.masks.fit_label_maps` resizes and renumbers them (a cell map whose aspect ratio
+    is not the image's, ``image_hw`` or else ``shape``, is refused, ``name`` naming it); without nuclei, ``blue`` (the
     working-scale blue channel, if given) supplies them. Returns ``uint16`` ``(cells, nuclei)``.
     """
-    cells, nuc = fit_label_maps(cells, nuclei, shape)
+    cells, nuc = fit_label_maps(cells, nuclei, shape, image_hw=image_hw, name=name)
     if nuc is None and blue is not None:
         params = params or SegParams()
         mask = nucleus_foreground(blue, params, scale_factor(blue.shape))
@@ -41,7 +43,11 @@ def prepare_precomputed(cells: np.ndarray, nuclei: np.ndarray | None, shape: tup
 
 
 def load_precomputed(mask_dir: Path | str, image_id: str, shape: tuple[int, int], blue: np.ndarray | None = None,
-                     params: SegParams | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read the precomputed masks of ``image_id`` from ``mask_dir`` at the working ``shape``."""
-    cells, nuclei, _ = read_precomputed(mask_dir, image_id)
-    return prepare_precomputed(cells, nuclei, shape, blue, params)
+                     params: SegParams | None = None,
+                     image_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read the precomputed masks of ``image_id`` from ``mask_dir`` at the working ``shape``.
+
+    ``image_hw``: the image's original size, which the masks' aspect ratio must match (default ``shape``).
+    """
+    cells, nuclei, cell_path = read_precomputed(mask_dir, image_id)
+    return prepare_precomputed(cells, nuclei, shape, blue, params, name=str(cell_path), image_hw=image_hw)

@@ -67,14 +67,18 @@ def segment(rgby: np.ndarray, size: int | None = 512, params: SegParams | None =
 
 
 def segment_with_masks(rgby: np.ndarray, mask_dir: str | os.PathLike[str], image_id: str, size: int | None = 512,
-                       params: SegParams | None = None, border: str = "keep") -> tuple[np.ndarray, np.ndarray]:
+                       params: SegParams | None = None, border: str = "keep",
+                       orig_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`segment`, but the cells (and nuclei, if present) come from precomputed masks.
 
     The masks of ``image_id`` in ``mask_dir`` (see :mod:`hpa_seg.masks`) are resized to the
-    working scale by nearest neighbour; missing nuclei are taken from the blue channel.
+    working scale by nearest neighbour; missing nuclei are taken from the blue channel. A mask
+    whose aspect ratio differs from the image's original size ``orig_hw`` (default: ``rgby``'s
+    size; a prepared cache is square) is refused.
     """
     from hpa_seg.masks import load_precomputed
 
     img = to_working_scale(rgby, size)
-    cells, nuclei = load_precomputed(mask_dir, image_id, img.shape[:2], blue=img[:, :, 2], params=params)
+    cells, nuclei = load_precomputed(mask_dir, image_id, img.shape[:2], blue=img[:, :, 2], params=params,
+                                     image_hw=orig_hw)
     return apply_border_policy(cells, nuclei, border)

@@ -2,7 +2,7 @@
 
 For every id, ``OUT/{ID}.npz`` receives the ``uint16`` maps at the working scale, the original
 size and the per-cell border flags (:mod:`wsss.masks.files`). The run is resumable: ids whose
-file exists are skipped (files are written atomically), and the settings of the run are recorded
+file exists and loads are skipped (files are written atomically), and the settings of the run are recorded
 in ``OUT/segment_config.json``; resuming with other settings is refused unless ``overwrite``
 (the resume guard of :mod:`wsss.fileio`). Images are processed in a process pool; a bad image is
 reported by id on one line and the run goes on. Overlays (outlines over the composite) go to
@@ -25,7 +25,7 @@ from hpa_seg.pipeline import segment, segment_with_masks
 from wsss.data.io import ImageReadError
 from wsss.data.source import read_image
 from wsss.fileio import ResumeError, changed_settings, read_record, write_json
-from wsss.masks import MaskError, load_label_maps, save_label_maps
+from wsss.masks import MaskError, is_label_map_file, load_label_maps, save_label_maps
 from wsss.viz import save_png
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def run_task(task: Task) -> Result:
         orig_hw = task.orig_hw or (int(rgby.shape[0]), int(rgby.shape[1]))
         params = SegParams().with_overrides(**task.params)
         if task.masks:
-            cells, nuclei = segment_with_masks(rgby, task.masks, task.image_id, task.size, params, task.border)
+            cells, nuclei = segment_with_masks(rgby, task.masks, task.image_id, task.size, params, task.border,
+                                               orig_hw=orig_hw)
         else:
             cells, nuclei = segment(rgby, task.size, params, task.border)
         save_label_maps(task.out_path, cells, nuclei, orig_hw)
@@ -129,8 +130,12 @@ def check_config(out: Path, config: dict, overwrite: bool) -> None:
 
 def pending_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],
                   size: int | None, border: str, masks: Path | None, params: dict, overwrite: bool) -> list[Task]:
-    """The tasks of the ids still to do (all with ``overwrite``; finished ids are skipped, logged)."""
-    todo = [i for i in ids if overwrite or not (out / f"{i}.npz").is_file()]
+    """The tasks of the ids still to do (all with ``overwrite``; finished ids are skipped, logged).
+
+    An id is finished when its ``{ID}.npz`` is a label-map file that opens and holds every array
+    of the format (:func:`wsss.masks.is_label_map_file`); a zero-byte or truncated file is redone.
+    """
+    todo = [i for i in ids if overwrite or not is_label_map_file(out / f"{i}.npz")]
     if len(todo) < len(ids):
         logger.info("%d of %d ids already done in %s (skipped)", len(ids) - len(todo), len(ids), out)
     return [Task(i, str(out / f"{i}.npz"), kind, str(root), orig_sizes.get(i), size, border,

@@ -24,6 +24,10 @@ Cells of non-primary sources that match no primary cell are discarded (their mas
 overlap the primary segmentation); the count is logged. Images absent from the primary are not
 in the output.
 
+A source that leaves primary cells unmatched is warned about (how many of how many); when the
+unmatched share passes ``max_unmatched`` (default :data:`MAX_UNMATCHED`, 90% of the primary's
+cells) the ensemble is refused: tables that match nowhere would silently give the primary back.
+
 Methods (per cell and class, weights ``w_s``):
 
 * ``"mean"``: ``sum_s w_s p_s / sum_s w_s``;
@@ -48,7 +52,7 @@ from scipy.stats import rankdata
 from wsss.data.classes import NUM_CLASSES
 from wsss.schema import PROB_COLUMNS
 from wsss.masks import CellMasks, MaskError, greedy_match, pairwise_iou, rows_cell_masks
-from wsss.submission import read_submission
+from wsss.submission import check_probabilities, read_submission
 from wsss.tables import read_cell_table
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,8 @@ MATCH_MODES: tuple[str, ...] = ("auto", "id", "iou")
 UNMATCHED_POLICIES: tuple[str, ...] = ("renorm", "fill", "drop")
 IOU_THRESHOLD: float = 0.6
 GEOM_EPS: float = 1e-6
+#: Largest share of the primary's cells a source may leave unmatched before the ensemble is refused.
+MAX_UNMATCHED: float = 0.9
 
 
 class EnsembleError(ValueError):
@@ -89,6 +95,7 @@ def read_source(path: Path | str, weight: float = 1.0, name: str | None = None,
             cells = read_submission(path).cells(missing_score=missing_score)
             return Source(name=name, cells=cells, weight=float(weight), kind="submission")
         cells = read_cell_table(path)
+        check_probabilities(cells, path)
     except MaskError as exc:
         raise EnsembleError(str(exc)) from exc
     for col in ("orig_width", "orig_height"):
@@ -194,18 +201,31 @@ def align(primary: Source, other: Source, match: str = "auto", iou_threshold: fl
             result[p_idx] = np.where(pairs >= 0, o_idx[np.maximum(pairs, 0)], -1)
         matched_other += int((result[p_idx] >= 0).sum())
     unused = len(other.cells) - matched_other
-    logger.info("%s: %d of %d primary cells matched; %d of its %d cells unmatched and discarded",
-                other.name, int((result >= 0).sum()), len(result), unused, len(other.cells))
+    n_matched = int((result >= 0).sum())
+    level = logging.WARNING if n_matched < len(result) else logging.INFO
+    logger.log(level, "%s: %d of %d primary cells matched; %d of its %d cells unmatched and discarded",
+               other.name, n_matched, len(result), unused, len(other.cells))
     return result
 
 
 # --------------------------------------------------------------------------- ensemble
 
 
+def _check_unmatched(name: str, n_unmatched: int, n: int, max_unmatched: float) -> None:
+    """Refuse a source that leaves more than ``max_unmatched`` of the ``n`` primary cells unmatched."""
+    if n and n_unmatched / n > max_unmatched:
+        raise EnsembleError(f"{name}: {n_unmatched} of {n} primary cells match no cell of it "
+                            f"({n_unmatched / n:.0%} > max unmatched {max_unmatched:.0%}); check that the "
+                            "inputs cover the same images and masks, or raise --max-unmatched")
+
+
 def ensemble(sources: Sequence[Source], primary: int = 0, method: str = "mean", match: str = "auto",
              iou_threshold: float = IOU_THRESHOLD, unmatched: str = "renorm", fill_value: float = 0.0,
-             progress: bool = False) -> pd.DataFrame:
+             progress: bool = False, max_unmatched: float = MAX_UNMATCHED) -> pd.DataFrame:
     """Combine sources cell by cell onto the primary's cells (see the module docstring).
+
+    A source leaving more than ``max_unmatched`` (a share in ``[0, 1]``) of the primary's cells
+    unmatched raises :class:`EnsembleError` naming it.
 
     Returns the primary's rows (all its non-probability columns, ``source`` set to
     ``"ensemble"``) with combined ``p_0..p_18`` and ``n_sources`` (how many sources covered the cell).
@@ -220,6 +240,8 @@ def ensemble(sources: Sequence[Source], primary: int = 0, method: str = "mean", 
         raise EnsembleError(f"primary index {primary} out of range for {len(sources)} sources")
     if sum(s.weight for s in sources) <= 0:
         raise EnsembleError("the weights sum to 0")
+    if not 0.0 <= max_unmatched <= 1.0:
+        raise EnsembleError(f"max_unmatched must be a share in [0, 1], got {max_unmatched}")
     base = sources[primary]
     n = len(base.cells)
     scores = np.zeros((len(sources), n, NUM_CLASSES))
@@ -230,6 +252,7 @@ def ensemble(sources: Sequence[Source], primary: int = 0, method: str = "mean", 
             probs = rank_scores(probs)
         rows = np.arange(n) if s == primary else align(base, source, match, iou_threshold, progress)
         ok = rows >= 0
+        _check_unmatched(source.name, int((~ok).sum()), n, max_unmatched)
         scores[s, ok] = probs[rows[ok]]
         present[s] = ok
     if unmatched == "fill":

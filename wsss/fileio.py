@@ -8,6 +8,8 @@
   (:func:`write_json`); a later run into the same folder reads that record (:func:`read_record`)
   and compares the settings that must not change (:func:`changed_settings`). Callers turn the
   differing keys into their own one-line error.
+* :func:`check_output_dir` / :func:`check_output_file`: refuse, before any work, an output path
+  that cannot be created or written (e.g. a path under a regular file), with one line.
 
 This module imports nothing from the project (bottom layer).
 """
@@ -29,6 +31,46 @@ logger = logging.getLogger(__name__)
 
 class ResumeError(ValueError):
     """A run record that cannot be read (the message names the file)."""
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be created or written (the message names it)."""
+
+
+def _why_not_creatable(folder: Path) -> str | None:
+    """Why folder ``folder`` cannot be created or written (``None`` when it can)."""
+    node = folder
+    while not node.exists() and node.parent != node:
+        node = node.parent
+    if node.exists() and not node.is_dir():
+        return f"{node} is a file, not a folder"
+    if node.is_dir() and not os.access(node, os.W_OK | os.X_OK):
+        return f"{node} is not writable"
+    return None
+
+
+def check_output_dir(path: Path | str) -> Path:
+    """Check that output folder ``path`` exists or can be created, and is writable; returns it.
+
+    Creates nothing: callers check every output before the work starts and create it later.
+    Raises :class:`OutputPathError` naming the path and the reason.
+    """
+    path = Path(path)
+    why = _why_not_creatable(path)
+    if why:
+        raise OutputPathError(f"{path}: cannot create the output folder ({why})")
+    return path
+
+
+def check_output_file(path: Path | str) -> Path:
+    """Check that output file ``path`` can be written (its folder creatable, not a folder itself); returns it."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path}: cannot write the output file (it is a folder)")
+    why = "it is not writable" if path.exists() and not os.access(path, os.W_OK) else _why_not_creatable(path.parent)
+    if why:
+        raise OutputPathError(f"{path}: cannot write the output file ({why})")
+    return path
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

@@ -16,15 +16,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, refuse
 from wsss.ensemble import (
     IOU_THRESHOLD,
     MATCH_MODES,
+    MAX_UNMATCHED,
     METHODS,
     UNMATCHED_POLICIES,
     EnsembleError,
     ensemble,
     read_source,
 )
+from wsss.fileio import OutputPathError, check_output_file
 from wsss.masks import MaskError
 from wsss.submission import build_submission, read_image_sizes, write_submission
 
@@ -36,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsss-ensemble",
         description="Ensemble per-cell tables and submission CSVs cell by cell onto the primary source's cells.",
+        epilog=EXIT_EPILOG,
     )
     parser.add_argument("inputs", type=Path, nargs="+",
                         help="per-cell tables (.parquet/.csv) and/or submission CSVs (with PredictionString)")
@@ -54,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unmatched", choices=UNMATCHED_POLICIES, default="renorm",
                         help="primary cells a source lacks: renorm (combine the others), fill (count the "
                              "source as --fill-value), drop (leave the cell out) (default renorm)")
+    parser.add_argument("--max-unmatched", type=float, default=MAX_UNMATCHED,
+                        help="refuse when a source leaves more than this share of the primary's cells unmatched "
+                             f"(0..1, default {MAX_UNMATCHED}; 1 = never)")
     parser.add_argument("--fill-value", type=float, default=0.0, help="score of a missing source with --unmatched fill")
     parser.add_argument("--missing-score", type=float, default=0.0,
                         help="score of a class a submission input does not list for a mask (default 0)")
@@ -85,26 +92,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     weights = args.weights or [1.0] * n
     names = args.names or [None] * n
     if len(weights) != n or len(names) != n:
-        print(f"wsss-ensemble: error: {n} inputs but {len(weights)} weights / {len(names)} names", file=sys.stderr)
-        return 2
+        return refuse("wsss-ensemble", f"{n} inputs but {len(weights)} weights / {len(names)} names")
     try:
+        for path in (args.out, args.submission):  # before the work: a path that cannot be written loses nothing
+            if path is not None:
+                check_output_file(path)
+        images = read_image_sizes(args.ids) if args.ids is not None and args.submission is not None else None
         sources = [read_source(p, w, name, args.missing_score) for p, w, name in zip(args.inputs, weights, names)]
         out = ensemble(sources, primary=args.primary, method=args.method, match=args.match,
-                       iou_threshold=args.iou, unmatched=args.unmatched, fill_value=args.fill_value, progress=True)
+                       iou_threshold=args.iou, unmatched=args.unmatched, fill_value=args.fill_value, progress=True,
+                       max_unmatched=args.max_unmatched)
         _write_table(out, args.out)
         if args.submission is not None:
-            images = read_image_sizes(args.ids) if args.ids is not None else None
             write_submission(build_submission(out, images, min_confidence=args.min_confidence, progress=True),
                              args.submission)
-    except (EnsembleError, MaskError) as exc:  # SubmissionError included
-        print(f"wsss-ensemble: error: {exc}", file=sys.stderr)
-        return 2
+    except (EnsembleError, MaskError, OutputPathError) as exc:  # SubmissionError included
+        return refuse("wsss-ensemble", exc)
     coverage = out["n_sources"].value_counts().sort_index()
     print("sources covering a cell: " + ", ".join(f"{k}: {v}" for k, v in coverage.items()))
     print(f"wsss-ensemble: {len(sources)} sources ({args.method}) -> {len(out)} cells in "
           f"{out['image_id'].nunique()} images -> {args.out}"
           + (f" (submission: {args.submission})" if args.submission else ""))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, refuse
 from wsss.data.classes import CLASS_NAMES, NUM_CLASSES, LabelError, labels_to_matrix
 from wsss.metrics.cell import (
     IOU_THRESHOLD,
@@ -33,6 +34,7 @@ from wsss.metrics.cell import (
     truth_from_submission,
 )
 from wsss.schema import PROB_COLUMNS
+from wsss.fileio import OutputPathError, check_output_file
 from wsss.masks import MaskError
 from wsss.submission import read_submission
 from wsss.tables import read_cell_table
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsss-eval",
         description="Score per-cell tables / submissions by per-cell mAP at mask IoU 0.6 (Open Images style) "
                     "and image-level tables by macro F1 and macro mAP.",
+        epilog=EXIT_EPILOG,
     )
     parser.add_argument("preds", type=Path, nargs="+", help="per-cell tables, submission CSVs or image-level tables")
     parser.add_argument("--truth", type=Path, required=True,
@@ -239,10 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        for path in (args.out, args.out.with_name(args.out.stem + "_image.csv") if args.out else None, args.plot):
+            if path is not None:  # before the work: a path that cannot be written loses nothing
+                check_output_file(path)
         cells, images = run(args)
-    except (EvalError, MetricError, MaskError) as exc:  # SubmissionError included
-        print(f"wsss-eval: error: {exc}", file=sys.stderr)
-        return 2
+    except (EvalError, MetricError, MaskError, OutputPathError) as exc:  # SubmissionError included
+        return refuse("wsss-eval", exc)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if cells is not None:
@@ -255,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot is not None and cells is not None:
         names = [c for c in cells.columns if c not in ("class", "name", "n_gt")]
         print(f"wsss-eval: chart -> {plot_cell_table(cells, names, args.plot)}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

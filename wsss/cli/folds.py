@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, refuse
 from wsss.data.folds import FoldsError, fold_table, make_folds, read_labels_csv
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsss-folds",
         description="Split an ID,Label CSV into multilabel-stratified folds; print and save the "
                     "per-class x per-fold count table.",
+        epilog=EXIT_EPILOG,
     )
     parser.add_argument("--csv", type=Path, required=True, help="ID,Label CSV (labels '|'-separated)")
     parser.add_argument("--n-folds", type=int, default=4, help="number of folds (default 4)")
@@ -36,8 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         folds = make_folds(read_labels_csv(args.csv), n_folds=args.n_folds, seed=args.seed)
     except FoldsError as exc:
-        print(f"wsss-folds: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("wsss-folds", exc)
     table = fold_table(folds)
     table_path = args.table or args.out.with_name(args.out.stem + "_table.csv")
     try:
@@ -45,11 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         folds.to_csv(args.out, index=False)
         table.to_csv(table_path, index=False)
     except OSError as exc:
-        print(f"wsss-folds: error: cannot write {args.out}: {exc}", file=sys.stderr)
-        return 2
+        return refuse("wsss-folds", f"cannot write {args.out}: {exc}")
     print(table.to_string(index=False))
     print(f"wsss-folds: {len(folds)} images in {args.n_folds} folds -> {args.out} (table: {table_path})")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse
 from wsss.config import ConfigError, apply_overrides, load_config, merge, save_config
+from wsss.fileio import OutputPathError, check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,8 @@ PROG = "wsss-infer"
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``wsss-infer``."""
-    p = argparse.ArgumentParser(prog=PROG, description="Two-stage per-cell inference (CAM x masks; cell crops).")
+    p = argparse.ArgumentParser(prog=PROG, description="Two-stage per-cell inference (CAM x masks; cell crops).",
+                                epilog=EXIT_EPILOG)
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: CAM x cell masks; 2: cell crops")
     p.add_argument("--ckpt", required=True,
                    help="checkpoint file or run folder (best, else last); '{fold}' is replaced by --fold")
@@ -52,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then ``--config``, then ``--set``, then the dedicated flags."""
-    from wsss.infer.settings import default_config
+    """Defaults, then ``--config``, then ``--set``, then the dedicated flags; checked (:class:`ConfigError`)."""
+    from wsss.infer.settings import check_infer_config, default_config
 
     cfg = default_config()
     if args.config is not None:
@@ -65,17 +68,19 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             cfg[key] = value
     if args.tta:
         cfg["tta"] = True
+    check_infer_config(cfg)
     return cfg
 
 
 def select_ids(args: argparse.Namespace, all_ids: list[str]) -> list[str]:
     """Ids to run: fold ``k``'s validation ids, an ``--ids`` file, or every image; then ``--limit``."""
-    from wsss.data.folds import read_folds
+    from wsss.data.folds import check_fold_numbers, read_folds
 
     if args.fold is not None:
         if args.folds is None:
             raise ConfigError("--fold needs --folds folds.csv")
         folds = read_folds(args.folds)
+        check_fold_numbers(folds, args.folds, args.fold)
         ids = folds.loc[folds["fold"] == args.fold, "ID"].astype(str).tolist()
         if not ids:
             raise ConfigError(f"{args.folds}: fold {args.fold} has no ids (folds: {sorted(folds['fold'].unique())})")
@@ -89,6 +94,7 @@ def select_ids(args: argparse.Namespace, all_ids: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """The run behind :func:`main`: 0 when every id was done, 1 when some were skipped (listed)."""
     from wsss.infer.cams import amp_settings
     from wsss.infer.runner import render_overlays, run_stage1, run_stage2
     from wsss.precision import describe
@@ -97,11 +103,13 @@ def _run(args: argparse.Namespace) -> int:
     from wsss.models.checkpoint import load_model_from_checkpoint
 
     cfg = resolve_config(args)
+    check_output_dir(args.out)
     device = resolve_device(cfg["device"])  # before loading: a bad --device is a one-line error
     ckpt = resolve_checkpoint(args.ckpt, args.fold)
-    model, _ = load_model_from_checkpoint(ckpt, device=str(device))
     images = ImageSource(args.images)
+    ids = [] if args.overlay_only else select_ids(args, images.list_ids())  # bad folds/ids: refused before work
     masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
+    model, _ = load_model_from_checkpoint(ckpt, device=str(device))
     settings = build_settings(cfg, args.out, args.stage, model.model_cfg,
                               fold=-1 if args.fold is None else args.fold,
                               run_info={"ckpt": str(ckpt.resolve())})
@@ -113,8 +121,8 @@ def _run(args: argparse.Namespace) -> int:
                                      "source": settings.source, "fold": settings.fold,
                                      "precision": amp.canonical, "autocast": amp.name, "why": describe(amp)}},
                 args.out / f"config_stage{args.stage}.yaml")
+    code = EXIT_OK
     if not args.overlay_only:
-        ids = select_ids(args, images.list_ids())
         runner = run_stage1 if args.stage == 1 else run_stage2
         summary = runner(model, ids, images, masks, settings)
         print(f"{PROG}: stage {args.stage} ({settings.source}, fold {settings.fold}): "
@@ -122,6 +130,8 @@ def _run(args: argparse.Namespace) -> int:
               f"{summary.already_done} already done; {len(summary.skipped)} skipped")
         for image_id, reason in summary.skipped:
             print(f"  skipped {image_id}: {reason}")
+        if summary.skipped:
+            code = EXIT_SKIPPED
         for name, path in summary.outputs.items():
             print(f"  {name}: {path}")
     if args.overlay:
@@ -129,11 +139,11 @@ def _run(args: argparse.Namespace) -> int:
                                top=int(cfg["overlay"]["top_labels"]), min_prob=float(cfg["overlay"]["min_prob"]))
         for path in pics:
             print(f"  picture: {path}")
-    return 0
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``wsss-infer``; setup errors print one line and exit 2."""
+    """Run ``wsss-infer``; setup errors print one line and exit 2, skipped ids give exit 1."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from wsss.data.folds import FoldsError
@@ -146,9 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except (ConfigError, FoldsError, CropError, RunError, ScoringError, TableError, CheckpointError,
-            FileNotFoundError, ValueError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+            OutputPathError, FileNotFoundError, ValueError) as exc:
+        return refuse(PROG, exc)
 
 
 if __name__ == "__main__":

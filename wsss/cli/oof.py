@@ -13,6 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse
+from wsss.fileio import OutputPathError, check_output_dir
+
 logger = logging.getLogger(__name__)
 
 PROG = "wsss-oof"
@@ -20,7 +23,8 @@ PROG = "wsss-oof"
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``wsss-oof``."""
-    p = argparse.ArgumentParser(prog=PROG, description="Merge the per-fold out-of-fold tables of wsss-infer runs.")
+    p = argparse.ArgumentParser(prog=PROG, description="Merge the per-fold out-of-fold tables of wsss-infer runs.",
+                                epilog=EXIT_EPILOG)
     p.add_argument("runs", nargs="+", type=Path, help="wsss-infer --fold k output folders, one per fold")
     p.add_argument("--folds", type=Path, required=True, help="folds CSV (ID,Label,fold)")
     p.add_argument("--out", type=Path, required=True, help="folder for oof_*_stage{n}.parquet and the report")
@@ -38,20 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from wsss.infer.tables import TableError
 
     try:
+        check_output_dir(args.out)
         folds = read_folds(args.folds)
         merged, report = merge_oof(args.runs, folds, stage=args.stage)
         paths = write_oof(args.out, merged, report)
-    except (FoldsError, TableError, FileNotFoundError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    except (FoldsError, TableError, FileNotFoundError, OutputPathError) as exc:
+        return refuse(PROG, exc)
     for line in report.lines():
         print(f"{PROG}: {line}")
     for name, path in paths.items():
         print(f"  {name}: {path}")
     if not report.complete:
         print(f"{PROG}: incomplete OOF coverage (see {paths['report']})", file=sys.stderr)
-        return 0 if args.allow_missing else 1
-    return 0
+        return EXIT_OK if args.allow_missing else EXIT_SKIPPED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse
 from wsss.data.io import ImageReadError, list_image_ids
 from wsss.data.prepare import prepare_cache
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsss-prepare",
         description="Merge the four stains of every id into one RGBY PNG at --size, with manifest.csv "
                     "holding each id's original width and height. Resumable: finished ids are skipped.",
+        epilog=EXIT_EPILOG,
     )
     parser.add_argument("src", type=Path, help="folder in the Kaggle layout {ID}_{red,green,blue,yellow}.png")
     parser.add_argument("out", type=Path, help="cache folder to write ({ID}.png + manifest.csv)")
@@ -53,16 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = prepare_cache(args.src, args.out, ids, size=args.size, workers=args.workers,
                                progress=not args.quiet)
     except (ImageReadError, ValueError, OSError) as exc:
-        print(f"wsss-prepare: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("wsss-prepare", exc)
     print(f"wsss-prepare: {len(report.written)} written, {len(report.skipped)} already done, "
           f"{len(report.failed)} failed -> {args.out}")
     if report.failed:
         print("failed ids:", file=sys.stderr)
         for image_id, message in report.failed:
             print(f"  {message}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_SKIPPED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ IMAGES is either the Kaggle layout (``{ID}_{red,green,blue,yellow}.{png,jpg,tif}
 cache (``{ID}.png`` 4-channel files plus ``manifest.csv`` giving each id's original size).
 For every id, ``OUT/{ID}.npz`` receives the ``uint16`` maps at the working scale, the original
 size and the per-cell border flags (see :mod:`wsss.masks.files`). The run is resumable: ids whose
-file exists are skipped (files are written atomically). A bad image is reported by id on one line
-and the run goes on; the exit status is non-zero when any image failed. An image without cells
-gives empty maps. ``--overlay ID ...`` writes ``OUT/overlays/{ID}.png`` (outlines over the
-composite). The settings of the run are written to ``OUT/segment_config.json``; resuming with
+file exists and loads are skipped (files are written atomically). A bad image is reported by id on
+one line and the run goes on; the exit status is 1 when any image failed (2: refused before any
+work). An image without cells gives empty maps. ``--overlay ID ...`` writes
+``OUT/overlays/{ID}.png`` (outlines over the composite). The settings of the run are written to ``OUT/segment_config.json``; resuming with
 other settings is refused unless ``--overwrite``. The work is done by :mod:`hpa_seg.run`.
 """
 
@@ -18,6 +18,9 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse
+from wsss.fileio import OutputPathError, check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ class SegmentCliError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``wsss-segment``."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EXIT_EPILOG)
     p.add_argument("images", type=Path, help="Kaggle-layout folder or prepared cache (with manifest.csv)")
     p.add_argument("out", type=Path, help="output folder for {ID}.npz label maps")
     p.add_argument("--size", type=int, default=512, help="working side in px; 0 = full resolution")
@@ -79,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _main(args)
-    except (SegmentCliError, SegmentRunError, ImageReadError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    except (SegmentCliError, SegmentRunError, ImageReadError, OutputPathError) as exc:
+        return refuse(PROG, exc)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -109,7 +111,7 @@ def _main(args: argparse.Namespace) -> int:
         ids = [i for i in ids if i in set(args.ids)]
     if not ids:
         raise SegmentCliError(f"{args.images}: no images found")
-    out: Path = args.out
+    out: Path = check_output_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"images": str(args.images.resolve()), "layout": source.kind, "size": size, "border": args.border,
               "masks": str(args.masks.resolve()) if args.masks else None,
@@ -134,8 +136,8 @@ def _main(args: argparse.Namespace) -> int:
     logger.info("segmented %d image(s), %d failed, %d skipped; maps in %s", done, len(failed), skipped, out)
     if failed or overlay_errors:
         print(f"{PROG}: {len(failed)} image(s) failed, {len(overlay_errors)} overlay(s) failed", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_SKIPPED
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,8 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, refuse
+from wsss.fileio import OutputPathError, check_output_file
 from wsss.masks import MaskError
-from wsss.submission import build_submission, read_image_sizes, write_submission
+from wsss.submission import build_submission, check_probabilities, read_image_sizes, write_submission
 from wsss.tables import read_cell_table
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsss-submit",
         description="Write a Kaggle HPA single-cell submission (ID,ImageWidth,ImageHeight,PredictionString) "
                     "from a per-cell table (parquet, or CSV with the same columns).",
+        epilog=EXIT_EPILOG,
     )
     parser.add_argument("cells", type=Path, help="per-cell table (image_id, cell_id, p_0..p_18, mask_path, ...)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="submission CSV to write")
@@ -46,18 +49,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        check_output_file(args.out)  # before the work: a path that cannot be written loses nothing
         cells = read_cell_table(args.cells)
+        check_probabilities(cells, args.cells)
         images = read_image_sizes(args.ids) if args.ids is not None else None
         sub = build_submission(cells, images, min_confidence=args.min_confidence, decimals=args.decimals,
                                progress=True)
         write_submission(sub, args.out)
-    except MaskError as exc:  # SubmissionError included
-        print(f"wsss-submit: error: {exc}", file=sys.stderr)
-        return 2
+    except (MaskError, OutputPathError) as exc:  # SubmissionError included
+        return refuse("wsss-submit", exc)
     n_triplets = int(sub["PredictionString"].map(lambda s: len(s.split()) // 3).sum())
     n_empty = int((sub["PredictionString"] == "").sum())
     print(f"wsss-submit: {len(sub)} images ({n_empty} empty), {n_triplets} triplets -> {args.out}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, refuse
 from wsss.data.synth import MIN_SIZE, SynthError, SynthOptions, generate, load_class_freq
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsss-synth",
         description="Generate synthetic HPA-like RGBY images (Kaggle layout) with cell/nucleus masks and "
                     "per-cell labels. Same seed and options give byte-identical files; finished ids are skipped.",
+        epilog=EXIT_EPILOG,
     )
     p.add_argument("out", metavar="OUT", help="output folder (train.csv, train/, masks/, cell_labels.csv, ...)")
     p.add_argument("--count", type=int, default=200, help="number of images (default 200)")
@@ -60,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = generate(args.out, opts, count=args.count, workers=args.workers, sheet=args.sheet,
                           gallery=args.gallery, progress=not args.quiet)
     except (SynthError, OSError) as exc:
-        print(f"wsss-synth: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse("wsss-synth", exc)
     per_image = report.render_seconds / report.generated if report.generated else 0.0
     print(f"wsss-synth: {len(report.ids)} images in {report.out_dir} ({report.generated} generated, "
           f"{report.skipped} already finished) in {report.seconds:.1f} s "
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wsss-synth: contact sheet {report.contact_sheet}")
     if report.gallery:
         print(f"wsss-synth: class gallery {report.gallery}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wsss.cli.common import EXIT_EPILOG, EXIT_INTERRUPTED, EXIT_OK, one_line, refuse
 from wsss.config import ConfigError, apply_overrides, load_config, merge, set_dotted
+from wsss.fileio import OutputPathError, check_output_dir
 from wsss.precision import PRECISION_CHOICES, PrecisionError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``wsss-train``."""
-    p = argparse.ArgumentParser(prog="wsss-train", description="Train a Puzzle-CAM classifier (ComboLoss) on one fold.")
+    p = argparse.ArgumentParser(prog="wsss-train", description="Train a Puzzle-CAM classifier (ComboLoss) on one fold.",
+                                epilog=EXIT_EPILOG)
     p.add_argument("--config", type=Path, required=True, help="experiment YAML (e.g. configs/seresnext50_512.yaml)")
     p.add_argument("--fold", type=int, default=0, help="validation fold of folds.csv (default 0)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
@@ -48,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults <- YAML <- ``--set`` <- shortcut flags."""
-    from wsss.train.defaults import default_config
+    """Defaults <- YAML <- ``--set`` <- shortcut flags, checked (unknown keys, types: :class:`ConfigError`)."""
+    from wsss.train.defaults import check_train_config, default_config
 
     cfg = merge(default_config(), load_config(args.config))
     cfg = apply_overrides(cfg, args.overrides)
@@ -63,6 +66,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             set_dotted(cfg, key, value)
     if args.quiet:
         cfg["train"]["progress"] = False
+    check_train_config(cfg)
     return cfg
 
 
@@ -77,24 +81,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from wsss.data.io import ImageReadError
     from wsss.models.checkpoint import CheckpointError
-    from wsss.train.loop import TrainError, fit
+    from wsss.train.loop import TrainError, fit, resolve_out_dir
 
     try:
         cfg = resolve_config(args)
+        check_output_dir(resolve_out_dir(cfg, args.fold))
         summary = fit(cfg, args.fold, resume=args.resume)
-    except (ConfigError, TrainError, CheckpointError, PrecisionError) as exc:
-        print(f"wsss-train: error: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, TrainError, CheckpointError, PrecisionError, OutputPathError) as exc:
+        return refuse("wsss-train", exc)
+    except ImageReadError as exc:  # a corrupt cache image, found while reading (maybe in a loader worker)
+        return refuse("wsss-train", f"{one_line(exc)}; re-run wsss-prepare on that id (delete its cache PNG first)")
     except KeyboardInterrupt:
         print("wsss-train: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if rank != 0:
-        return 0
+        return EXIT_OK
     print(f"wsss-train: {summary['epochs']} epochs -> {summary['out']}  best epoch {summary['best_epoch']} "
           f"(val ComboLoss {_num(summary['best_val_loss'])})  last val macro mAP {_num(summary['val_map'])} "
           f"(chance {_num(summary['val_map_chance'])})  macro F1 {_num(summary['val_f1'])}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

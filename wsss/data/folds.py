@@ -83,3 +83,21 @@ def read_folds(path: Path | str) -> pd.DataFrame:
     except ValueError:
         raise FoldsError(f"{path}: fold column must hold integers") from None
     return frame
+
+
+def check_fold_numbers(frame: pd.DataFrame, path: Path | str, fold: int | None = None) -> list[int]:
+    """The folds of a folds table, checked: numbered ``0..n-1`` as ``wsss-folds`` writes them, ``fold`` among them.
+
+    A stray value (``7`` in a 4-fold file) would make a fold of a few images without a word, so
+    it raises :class:`FoldsError` naming the file, the values and how many images the odd ones hold.
+    """
+    counts = frame["fold"].value_counts().sort_index()
+    folds = [int(f) for f in counts.index]
+    if folds != list(range(len(folds))):
+        odd = [f for f in folds if not 0 <= f < len(folds)] or folds
+        detail = ", ".join(f"fold {f}: {int(counts[f])} image(s)" for f in odd[:3])
+        raise FoldsError(f"{path}: fold numbers must run 0..n-1 as wsss-folds writes them, got "
+                         f"{', '.join(map(str, folds))} ({detail})")
+    if fold is not None and fold not in folds:
+        raise FoldsError(f"{path}: fold {fold} not found (folds 0..{len(folds) - 1})")
+    return folds

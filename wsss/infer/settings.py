@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from wsss.config import TypeSpec, check_config
 from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
 from wsss.infer.cams import PRECISIONS, check_tta
 from wsss.infer.crops import CropParams
@@ -36,6 +37,22 @@ DEFAULTS: dict[str, Any] = {
     "overlay": {"top_labels": 2, "min_prob": 0.1},
 }
 CHECKPOINT_NAMES: tuple[str, ...] = ("best.safetensors", "last.safetensors")
+#: Types of the keys whose default does not tell (see :func:`wsss.config.check_config`); ``resolved``
+#: is written into the saved ``config_stage{n}.yaml`` (which can be given back as ``--config``).
+CONFIG_TYPES: dict[str, TypeSpec] = {
+    "precision": (str, int),  # auto | 16 | bf16 | 32
+    "source": (str, None),
+    "masks.working_size": (int, None),
+    "stage1.input_size": (int, None),
+    "stage2.size": ("auto", int),
+    "stage2.image_size": (int, None),
+    "resolved": (dict, None),
+}
+
+
+def check_infer_config(cfg: Mapping[str, Any]) -> None:
+    """Refuse unknown keys and mistyped values of a resolved inference config (:class:`wsss.config.ConfigError`)."""
+    check_config(cfg, DEFAULTS, CONFIG_TYPES)
 
 
 def default_config() -> dict[str, Any]:

@@ -120,8 +120,9 @@ class MaskSource:
                 logger.debug("%s: size %s does not match working_size %s; rebuilding",
                              target, stored.cells.shape, self.working_size)
         try:
-            cells, nuclei, _ = read_precomputed(self.root, image_id)
-            cells, nuclei = fit_label_maps(cells, nuclei, working_shape(*cells.shape, self.working_size))
+            cells, nuclei, cell_path = read_precomputed(self.root, image_id)
+            cells, nuclei = fit_label_maps(cells, nuclei, working_shape(*cells.shape, self.working_size),
+                                           image_hw=orig_hw, name=str(cell_path))
         except MaskError as exc:
             raise InputError(f"mask: {exc}") from None
         save_label_maps(target, cells, np.zeros_like(cells) if nuclei is None else nuclei, orig_hw)

@@ -128,16 +128,37 @@ def align_nuclei_ids(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     return np.where(mapped == cells, mapped, 0)
 
 
+def check_aspect(mask_hw: tuple[int, int], image_hw: tuple[int, int], name: str = "mask") -> None:
+    """Refuse a mask whose aspect ratio differs from its image's by more than the rounding of sizes.
+
+    Sizes rounded to whole pixels (a working scale, a shrunk cache) change the ratio by at most
+    about one pixel on the shorter side; anything more would stretch the cells, so it raises
+    :class:`MaskError` naming ``name`` and both sizes (height x width).
+    """
+    mh, mw = int(mask_hw[0]), int(mask_hw[1])
+    ih, iw = int(image_hw[0]), int(image_hw[1])
+    if min(mh, mw, ih, iw) <= 0:
+        raise MaskError(f"{name}: empty mask {mh}x{mw} or image {ih}x{iw}")
+    mismatch = abs(mh * iw - ih * mw) / (ih * mw)  # relative difference of the height/width ratios
+    if mismatch > 1.0 / min(mh, mw, ih, iw) + 0.01:
+        raise MaskError(f"{name}: mask is {mh}x{mw} but its image is {ih}x{iw} (height x width): the aspect "
+                        "ratios differ, the mask would be stretched")
+
+
 def fit_label_maps(cells: np.ndarray, nuclei: np.ndarray | None, shape: tuple[int, int],
+                   image_hw: tuple[int, int] | None = None, name: str = "mask",
                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """Bring precomputed label maps made elsewhere to the working ``shape`` (the one rule for them).
 
-    Cells are renumbered ``1..n`` (compact ids, so the resize can work on ``int32``), resized by
-    :func:`resize_labels` and renumbered again (cells lost by the resize disappear); nuclei
-    likewise and then given the id of their cell (:func:`align_nuclei_ids`). Returns ``uint16``
-    ``(cells, nuclei or None)``; more cells than ``uint16`` holds raise :class:`MaskError`.
+    The cell map must have the aspect ratio of its image (``image_hw``, default ``shape``;
+    :func:`check_aspect`, ``name`` names the file in the error). Cells are renumbered ``1..n``
+    (compact ids, so the resize can work on ``int32``), resized by :func:`resize_labels` and
+    renumbered again (cells lost by the resize disappear); nuclei likewise and then given the id
+    of their cell (:func:`align_nuclei_ids`). Returns ``uint16`` ``(cells, nuclei or None)``; more
+    cells than ``uint16`` holds raise :class:`MaskError`.
     """
     height, width = int(shape[0]), int(shape[1])
+    check_aspect(np.shape(cells)[:2], image_hw or (height, width), name)
     fitted = relabel_sequential(resize_labels(relabel_sequential(np.asarray(cells)), height, width))
     if fitted.max(initial=0) > np.iinfo(np.uint16).max:
         raise MaskError(f"{int(fitted.max())} cells do not fit a uint16 label map")

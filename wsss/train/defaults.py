@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from wsss.config import TypeSpec, check_config
 from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -59,6 +60,32 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "resolved": None,  # written by training: the precision/channels_last actually used, and why
     },
 }
+
+
+#: Types of the keys whose default does not tell (see :func:`wsss.config.check_config`); every other
+#: key takes the type of its default. ``train.fold`` and ``train.resolved`` are written by training
+#: into the saved ``config.yaml`` (which can be given back as ``--config``).
+CONFIG_TYPES: dict[str, TypeSpec] = {
+    "data.mean": ("auto", list),
+    "data.std": ("auto", list),
+    "data.train_augment": (str, list, None),
+    "data.val_augment": (str, list, None),
+    "model.pretrained_file": (str, None),
+    "model.output_stride": (int, None),
+    "train.val_batch_size": (int, None),
+    "train.samples_per_epoch": (int, None),
+    "train.grad_clip": (float, None),
+    "train.precision": (str, int),  # auto | 16 | bf16 | 32 (checked by wsss.precision)
+    "train.channels_last": ("auto", bool),
+    "train.scheduler": (dict,),  # free-form: its keys depend on the scheduler name
+    "train.resolved": (dict, None),
+    "train.fold": (int, None),
+}
+
+
+def check_train_config(cfg: dict[str, Any]) -> None:
+    """Refuse unknown keys and mistyped values of a resolved training config (:class:`wsss.config.ConfigError`)."""
+    check_config(cfg, DEFAULT_CONFIG, CONFIG_TYPES)
 
 
 def default_config() -> dict[str, Any]:

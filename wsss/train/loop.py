@@ -42,7 +42,7 @@ from wsss.config import save_config
 from wsss.data.augment import build_transform, load_spec
 from wsss.data.classes import labels_to_matrix
 from wsss.data.dataset import HPADataset, channel_stats
-from wsss.data.folds import read_folds
+from wsss.data.folds import check_fold_numbers, read_folds
 from wsss.data.prepare import cache_path
 from wsss.data.sampler import BalancedSampler
 from wsss.losses import ComboLoss, LossTerms, rec_weight
@@ -121,11 +121,9 @@ def _split(cfg: Mapping[str, Any], fold: int) -> tuple[list[str], np.ndarray, li
     folds_path = Path(cfg["data"]["folds"])
     try:
         frame = read_folds(folds_path)
+        check_fold_numbers(frame, folds_path, fold)
     except (OSError, ValueError) as exc:
         raise TrainError(str(exc)) from None
-    folds = sorted(int(f) for f in frame["fold"].unique())
-    if fold not in folds:
-        raise TrainError(f"{folds_path}: fold {fold} not found (folds present: {folds})")
     cache = Path(cfg["data"]["cache"])
     missing = [i for i in frame["ID"] if not cache_path(cache, i).is_file()]
     if missing:

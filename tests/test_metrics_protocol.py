@@ -236,3 +236,18 @@ def test_eval_cli_protocols(tmp_path: Path, capsys):
     table = pd.read_csv(out).set_index("name")
     assert table.loc["mAP@0.6 strict", "spray"] == pytest.approx(1 / 3)
     assert table.loc["mAP@0.6 official", "spray"] == pytest.approx(1.0)
+
+
+def test_group_ties_equal_the_worst_order():
+    from wsss.metrics.cell import average_precision
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 30))
+        scores = rng.integers(0, 4, n) / 4.0
+        tp = rng.random(n) < 0.5
+        n_gt = int(tp.sum() + rng.integers(0, 3)) or 1
+        group = average_precision(scores, tp, n_gt, "group")
+        assert group == pytest.approx(average_precision(scores, tp, n_gt, "worst"))
+        assert group <= average_precision(scores, tp, n_gt, "stable") + 1e-12
+        assert average_precision(scores, tp, n_gt, "stable") <= average_precision(scores, tp, n_gt, "best") + 1e-12

@@ -251,3 +251,26 @@ def test_group_ties_equal_the_worst_order():
         assert group == pytest.approx(average_precision(scores, tp, n_gt, "worst"))
         assert group <= average_precision(scores, tp, n_gt, "stable") + 1e-12
         assert average_precision(scores, tp, n_gt, "stable") <= average_precision(scores, tp, n_gt, "best") + 1e-12
+
+
+def test_eval_cli_image_without_truth_in_a_truth_submission(tmp_path: Path):
+    """Truth as a submission CSV where image E has no cells: its predictions count only under strict."""
+    from wsss.submission import encode_binary_mask, format_prediction_string, write_submission
+
+    mask = np.zeros((32, 32), bool)
+    mask[4:20, 4:20] = True
+    string = encode_binary_mask(mask)
+    truth = pd.DataFrame({"ID": ["T", "E"], "ImageWidth": [32, 32], "ImageHeight": [32, 32],
+                          "PredictionString": [format_prediction_string([(2, 1.0, string)]), ""]})
+    pred = truth.copy()
+    pred["PredictionString"] = [format_prediction_string([(2, 0.5, string)]),
+                                format_prediction_string([(2, 0.9, string)])]
+    write_submission(truth, tmp_path / "truth.csv")
+    write_submission(pred, tmp_path / "pred.csv")
+    out = tmp_path / "ap.csv"
+    for overlap in ("mask", "box"):
+        assert eval_main([str(tmp_path / "pred.csv"), "--truth", str(tmp_path / "truth.csv"), "--out", str(out),
+                          "--overlap", overlap]) == 0
+        table = pd.read_csv(out).set_index("name")
+        assert table.loc["mAP@0.6 official", "pred"] == pytest.approx(1.0)
+        assert table.loc["mAP@0.6 strict", "pred"] == pytest.approx(0.5)     # FP .9 on E, then TP .5

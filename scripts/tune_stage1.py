@@ -5,7 +5,8 @@ image's CAMs, cell footprints and image probabilities on the way (``OUT/stage1_i
 every other setting is then re-scored from the recording with the same
 :mod:`wsss.infer.scoring` functions the runner uses, without another forward pass (the base
 setting's re-score is checked against the written table). Every setting is scored against the
-synthetic truth (mask IoU 0.6, computed once per image; group ties) under the official and the
+synthetic truth (mask IoU 0.6, computed once per image and checked against
+:func:`wsss.metrics.cell.match_predictions` on the base table; group ties) under the official and the
 strict protocol, on all images and on the heterogeneous ones, into ``OUT/stage1.csv``. With
 ``--stage2 TABLE`` it also scores ensembles of the base stage-1 table and of the best official
 one with the stage-2 table (methods x stage-2 weights) into ``OUT/ensemble.csv``.
@@ -40,8 +41,18 @@ from wsss.ensemble import METHODS as ENSEMBLE_METHODS
 from wsss.ensemble import Source, ensemble, naive_cells_from_images
 from wsss.infer.scoring import ScoreParams, cell_measures, cell_probabilities
 from wsss.infer.settings import default_config
-from wsss.metrics.cell import PROTOCOLS, TruthImage, describe, match_predictions, preds_from_cell_table
-from wsss.metrics.cell import truth_from_label_dir
+from wsss.metrics.cell import (
+    PROTOCOLS,
+    ImageCells,
+    TruthImage,
+    describe,
+    image_cells_from_scores,
+    match_cells,
+    match_predictions,
+    pairwise_overlap,
+    preds_from_cell_table,
+    truth_from_label_dir,
+)
 from wsss.schema import PROB_COLUMNS
 from wsss.submission import read_cell_table
 
@@ -160,21 +171,47 @@ def rescore(table: pd.DataFrame, store: Recording, params: ScoreParams) -> pd.Da
     return out
 
 
-def scores(table: pd.DataFrame, truth: dict[str, TruthImage], hetero: Sequence[str]) -> dict[str, float]:
-    """mAP of a per-cell table under both protocols, on all truth images and on ``hetero``."""
-    preds = preds_from_cell_table(table)
-    every = match_predictions(preds, truth)
-    subset = match_predictions({i: preds[i] for i in hetero if i in preds}, {i: truth[i] for i in hetero})
-    out: dict[str, float] = {}
-    for protocol in PROTOCOLS:
-        out[f"{protocol} all"] = every.result(protocol).map
-        out[f"{protocol} heterogeneous"] = subset.result(protocol).map
-    out["official all best ties"] = every.tie_range("official")[1]
-    return out
+class Scorer:
+    """Scores per-cell tables whose cells are those of one reference table, against the truth.
+
+    Cell masks and mask IoUs are computed once (from the reference table); each table is then
+    matched from its ``p_0..p_18`` only (rows found by ``image_id, cell_id``), under both
+    protocols, on all truth images and on the heterogeneous ones.
+    """
+
+    def __init__(self, reference: pd.DataFrame, truth: dict[str, TruthImage], hetero: Sequence[str]) -> None:
+        preds = preds_from_cell_table(reference)
+        self.truth, self.hetero = truth, list(hetero)
+        self.iou = {i: pairwise_overlap(preds[i].masks, truth[i].masks) for i in truth if i in preds}
+        self.cells = {i: preds[i].masks.ids for i in self.iou}
+
+    def _images(self, probs: dict[str, np.ndarray], ids: Sequence[str]) -> list[ImageCells]:
+        out = []
+        for image_id in ids:
+            gt = self.truth[image_id].labels
+            if image_id in probs:
+                out.append(image_cells_from_scores(image_id, self.iou[image_id], gt, probs[image_id]))
+            else:
+                out.append(image_cells_from_scores(image_id, np.zeros((0, gt.shape[0])), gt,
+                                                   np.zeros((0, len(PROB_COLUMNS)))))
+        return out
+
+    def __call__(self, table: pd.DataFrame) -> dict[str, float]:
+        """mAP of ``table`` under both protocols on all images and on the heterogeneous ones."""
+        indexed = table.set_index(["image_id", "cell_id"])[PROB_COLUMNS]
+        probs = {i: indexed.loc[i].reindex(self.cells[i]).to_numpy(dtype=np.float64) for i in self.cells}
+        every = match_cells(self._images(probs, list(self.truth)))
+        subset = match_cells(self._images(probs, self.hetero))
+        out: dict[str, float] = {}
+        for protocol in PROTOCOLS:
+            out[f"{protocol} all"] = every.result(protocol).map
+            out[f"{protocol} heterogeneous"] = subset.result(protocol).map
+        out["official all best ties"] = every.tie_range("official")[1]
+        return out
 
 
 def ensemble_grid(stage1: dict[str, pd.DataFrame], stage2: pd.DataFrame, weights: Sequence[float],
-                  truth: dict[str, TruthImage], hetero: Sequence[str]) -> pd.DataFrame:
+                  scores: Scorer) -> pd.DataFrame:
     """Scores of ensembles of each stage-1 table with ``stage2`` for every method and stage-2 weight."""
     rows = []
     for name, table in stage1.items():
@@ -182,8 +219,7 @@ def ensemble_grid(stage1: dict[str, pd.DataFrame], stage2: pd.DataFrame, weights
             for weight in weights:
                 combined = ensemble([Source("stage1", table), Source("stage2", stage2, weight=weight)],
                                     method=method, match="id")
-                rows.append({"stage1": name, "method": method, "stage2 weight": weight,
-                             **scores(combined, truth, hetero)})
+                rows.append({"stage1": name, "method": method, "stage2 weight": weight, **scores(combined)})
     return pd.DataFrame(rows)
 
 
@@ -205,12 +241,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ids = sorted(base_table["image_id"].unique())
     truth = truth_from_label_dir(args.truth, ids)
     hetero = heterogeneous_ids(args.truth, ids)
-    rows = [{"setting": "naive", **scores(naive_cells_from_images(base_table, images), truth, hetero)}]
+    scores = Scorer(base_table, truth, hetero)
+    check_table = scores(base_table)
+    reference = match_predictions(preds_from_cell_table(base_table), truth)
+    if abs(check_table["official all"] - reference.result("official").map) > 1e-9:
+        raise SystemExit("the cached scorer disagrees with match_predictions on the base table")
+    rows = [{"setting": "naive", **scores(naive_cells_from_images(base_table, images))}]
     tables: dict[str, pd.DataFrame] = {}
     for setting in settings_list(args.base, args.sweep, args.combo):
         name = " ".join(setting) or "base"
         tables[name] = rescore(base_table, store, score_params(setting))
-        rows.append({"setting": name, **scores(tables[name], truth, hetero)})
+        rows.append({"setting": name, **scores(tables[name])})
         print(f"{name}: " + "  ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if k != "setting"), flush=True)
     frame = pd.DataFrame(rows)
     frame.to_csv(args.out / "stage1.csv", index=False)
@@ -221,9 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = str(stage1_rows.sort_values("official all", ascending=False)["setting"].iloc[0])
         stage2 = read_cell_table(args.stage2)
         grid = ensemble_grid({k: tables[k] for k in dict.fromkeys([" ".join(args.base) or "base", best])}, stage2,
-                             args.weights, truth, hetero)
+                             args.weights, scores)
         alone = pd.DataFrame([{"stage1": "(stage 2 alone)", "method": "", "stage2 weight": float("nan"),
-                               **scores(stage2, truth, hetero)}])
+                               **scores(stage2)}])
         grid = pd.concat([alone, grid], ignore_index=True)
         grid.to_csv(args.out / "ensemble.csv", index=False)
         _print("ensemble per-cell mAP (official and strict protocol, mask IoU 0.6, group ties)", grid)

@@ -169,7 +169,7 @@ def test_ensemble_cli(two_segmentations, capsys):
     b.cells.to_parquet(tmp / "b.parquet")
     write_submission(build_submission(b.cells), tmp / "team.csv")
     code = ensemble_main([str(tmp / "a.parquet"), str(tmp / "b.parquet"), str(tmp / "team.csv"),
-                          "--weights", "2", "1", "1", "-o", str(tmp / "ens.parquet"),
+                          "--weights", "2", "1", "1", "--method", "mean", "-o", str(tmp / "ens.parquet"),
                           "--submission", str(tmp / "ens.csv"), "--min-confidence", "0.25"])
     assert code == 0
     out = pd.read_parquet(tmp / "ens.parquet")

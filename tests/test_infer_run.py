@@ -75,7 +75,8 @@ def make_dataset(tmp: Path) -> tuple[Path, Path]:
 
 def settings(out: Path, **kw) -> InferSettings:
     base = dict(out_dir=out, input_size=64, mean=MEAN, std=STD, batch_size=2, workers=0, chunk_images=2,
-                source="stage1:test", crop=CropParams(size=32), score=ScoreParams(cam_weight=1.0))
+                source="stage1:test", crop=CropParams(size=32),
+                score=ScoreParams(cam_weight=1.0, threshold=0.3, negative_floor=0.1))
     base.update(kw)
     return InferSettings(**base)
 

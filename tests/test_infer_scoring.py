@@ -58,7 +58,8 @@ def test_normalize_cams_guards_and_peak():
 def test_hand_computed_scores_geometric():
     cells = index_cells(LABELS)
     assert cells.ids.tolist() == [1, 2, 3]
-    probs = score_cells(cells, normalize_cams(hand_cams()), hand_probs(), ScoreParams(threshold=0.3, cam_weight=1.0))
+    params = ScoreParams(threshold=0.3, negative_floor=0.1, cam_weight=1.0)
+    probs = score_cells(cells, normalize_cams(hand_cams()), hand_probs(), params)
     # cell 1, class 0: normalised values 1, .5, .5, 0 -> magnitude .5, overlap (>= .3) 3/4
     assert probs[0, 0] == pytest.approx(0.8 * math.sqrt(0.75 * 0.5))
     # cell 2, class 1: values 1, 1, 0, 1 -> magnitude .75, overlap .75
@@ -73,7 +74,7 @@ def test_hand_computed_scores_geometric():
 
 def test_hand_computed_scores_arithmetic_and_weight():
     cells = index_cells(LABELS)
-    params = ScoreParams(threshold=0.3, combine="arithmetic", overlap_weight=0.25, cam_weight=1.0)
+    params = ScoreParams(threshold=0.3, negative_floor=0.1, combine="arithmetic", overlap_weight=0.25, cam_weight=1.0)
     probs = score_cells(cells, normalize_cams(hand_cams()), hand_probs(), params)
     assert probs[0, 0] == pytest.approx(0.8 * (0.25 * 0.75 + 0.75 * 0.5))
     assert probs[1, 1] == pytest.approx(0.6 * 0.75)
@@ -82,7 +83,7 @@ def test_hand_computed_scores_arithmetic_and_weight():
 def test_cam_weight_blends_image_probability():
     cells = index_cells(LABELS)
     cams = normalize_cams(hand_cams())
-    half = score_cells(cells, cams, hand_probs(), ScoreParams(threshold=0.3, cam_weight=0.5))
+    half = score_cells(cells, cams, hand_probs(), ScoreParams(threshold=0.3, negative_floor=0.1, cam_weight=0.5))
     assert half[0, 0] == pytest.approx(0.8 * (0.5 + 0.5 * math.sqrt(0.75 * 0.5)))
     assert half[1, 0] == pytest.approx(0.8 * 0.5)  # outside class 0's activation: half the image's probability
     assert half[2, NEGATIVE] == pytest.approx(0.05)  # cell 3 keeps classes (best >= floor): not Negative
@@ -102,7 +103,8 @@ def test_negative_floor_uses_one_minus_best():
     assert out[0, NEGATIVE] == pytest.approx(0.95)
     assert out[1, NEGATIVE] == pytest.approx(0.3)
     assert out[2, NEGATIVE] == pytest.approx(1.0)
-    no_image_neg = cell_probabilities(overlap, magnitude, probs, ScoreParams(image_negative=False, cam_weight=1.0))
+    no_image_neg = cell_probabilities(overlap, magnitude, probs, ScoreParams(image_negative=False, negative_floor=0.1,
+                                                                               cam_weight=1.0))
     assert no_image_neg[1, NEGATIVE] == 0.0 and no_image_neg[0, NEGATIVE] == pytest.approx(0.95)
 
 

@@ -50,13 +50,17 @@ def test_several_classes_across_images():
     img1 = image([[1, 0, 0], [0, 0.5, 0], [0, 0, 0.7]], [[0], [0], [0]], [(0, 0, 0.9), (1, 0, 0.8), (2, 0, 0.7)], "i1")
     # image 2: one GT cell of class 1; pred cell 0 covers it (IoU 0.65), pred cell 1 covers nothing
     img2 = image([[0.65], [0.0]], [[1]], [(0, 1, 0.5), (1, 1, 0.6), (0, 0, 0.75)], "i2")
-    res = cell_map([img1, img2])
+    res = cell_map([img1, img2], protocol="strict")
     # class 0: TP .9, FP .8, FP .75 (no class-0 GT in image 2), TP .7 -> P 1, .5, 1/3, .5; R 1/3,1/3,1/3,2/3
     assert res.ap[0] == pytest.approx(1 / 3 + 1 / 3 * 0.5)
     # class 1: FP .6 then TP .5 -> P 0, .5 at R 0, 1 -> AP .5
     assert res.ap[1] == pytest.approx(0.5)
     assert res.map == pytest.approx(0.5)
     assert np.isnan(res.ap[2:]).all()
+    # official: class 0 is not evaluatable in image 2, its .75 prediction is dropped -> TP, FP, TP
+    official = cell_map([img1, img2])
+    assert official.ap[0] == pytest.approx(5 / 9) and official.n_pred[0] == 3
+    assert official.ap[1] == pytest.approx(0.5)
 
 
 def test_duplicates_are_false_positives():
@@ -77,7 +81,8 @@ def test_a_miss_and_an_unpredicted_image():
 
 def test_class_without_gt_is_excluded_and_class_without_preds_scores_zero():
     img = image([[1, 0], [0, 1]], [[0], [2]], [(0, 0, 0.9), (1, 5, 0.99), (0, 5, 0.98)])
-    res = cell_map([img])
+    assert cell_map([img]).n_pred[5] == 0                   # official: class 5 is not evaluatable, dropped
+    res = cell_map([img], protocol="strict")
     assert np.isnan(res.ap[5]) and res.n_pred[5] == 2       # class 5 has no GT: ignored
     assert res.ap[0] == 1.0 and res.ap[2] == 0.0             # class 2 has GT but no prediction
     assert res.map == pytest.approx(0.5)
@@ -97,6 +102,10 @@ def test_highest_iou_not_yet_matched_gt():
     # when the only remaining GT is below the threshold the prediction is a false positive
     iou = [[0.9, 0.3], [0.95, 0.0]]
     tp = match_image_class(np.asarray(iou), np.array([0, 1]), np.array([0, 1]), np.array([0.8, 0.9]))
+    assert tp.tolist() == [False, True]
+    # official (Open Images): pred 0's best cell G0 is taken, so it is a false positive, no fall-back to G1
+    iou = [[0.9, 0.7], [0.95, 0.0]]
+    tp = match_image_class(np.asarray(iou), np.array([0, 1]), np.array([0, 1]), np.array([0.8, 0.9]), fall_back=False)
     assert tp.tolist() == [False, True]
 
 
@@ -211,8 +220,9 @@ def test_eval_cli(tmp_path: Path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "mAP@0.6" in printed and "image-level" in printed
-    cells = pd.read_csv(out)
-    assert cells["stage1"].iloc[-1] == pytest.approx(1.0) and cells["sub"].iloc[-1] == pytest.approx(1.0)
+    cells = pd.read_csv(out).set_index("name")
+    for row in ("mAP@0.6 official", "official best tie order", "official worst tie order", "mAP@0.6 strict"):
+        assert cells.loc[row, "stage1"] == pytest.approx(1.0) and cells.loc[row, "sub"] == pytest.approx(1.0)
     image_table = pd.read_csv(tmp_path / "report" / "ap_image.csv")
     assert image_table["images AP"].iloc[-1] == pytest.approx(1.0)
     assert (tmp_path / "ap.png").stat().st_size > 0

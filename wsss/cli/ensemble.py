@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", type=Path, required=True, help="per-cell table to write (.parquet or .csv)")
     parser.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per input (default 1 each)")
     parser.add_argument("--names", nargs="+", default=None, help="one name per input (default: file stems)")
-    parser.add_argument("--method", choices=METHODS, default="mean",
-                        help="weighted mean, rank mean or geometric mean (default mean)")
+    parser.add_argument("--method", choices=METHODS, default="geom",
+                        help="weighted mean, rank mean or geometric mean (default geom: best of the three on "
+                             "out-of-fold tables under both cell-metric protocols, docs/inference.md)")
     parser.add_argument("--primary", type=int, default=0,
                         help="index of the input whose cells/masks are kept (default 0)")
     parser.add_argument("--match", choices=MATCH_MODES, default="auto",

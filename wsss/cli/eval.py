@@ -1,5 +1,11 @@
 """``wsss-eval PRED [PRED ...] --truth TRUTH``: per-cell mAP at IoU 0.6 and image-level macro F1/mAP.
 
+Per-cell scores follow ``--protocol`` (default ``official``, the HPA competition's Open Images
+challenge rules: only an image's ground-truth classes are scored there) and ``--overlap``
+(``mask`` or ``box`` IoU); see :mod:`wsss.metrics.cell`. The per-class table is the chosen
+protocol's; its summary rows give its mAP, the range of mAP over orders of tied confidences,
+and the mAP under the other protocol, so both protocols are always in view.
+
 Predictions: per-cell tables (``.parquet``/``.csv`` with ``cell_id``), submission CSVs (with
 ``PredictionString``) and image-level tables (``image_id, p_0..p_18`` without ``cell_id``).
 Truth: a synthetic-format folder (``masks/{ID}_cells.png`` + ``cell_labels.csv``; its
@@ -22,12 +28,17 @@ import pandas as pd
 from wsss.cli.common import EXIT_EPILOG, EXIT_OK, refuse
 from wsss.data.classes import CLASS_NAMES, NUM_CLASSES, LabelError, labels_to_matrix
 from wsss.metrics.cell import (
+    DEFAULT_OVERLAP,
+    DEFAULT_PROTOCOL,
     IOU_THRESHOLD,
+    OVERLAPS,
+    PROTOCOLS,
     TIE_MODES,
     MetricError,
     PredImage,
     TruthImage,
-    evaluate_cells,
+    describe,
+    match_predictions,
     preds_from_cell_table,
     preds_from_submission,
     truth_from_label_dir,
@@ -50,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``wsss-eval``."""
     parser = argparse.ArgumentParser(
         prog="wsss-eval",
-        description="Score per-cell tables / submissions by per-cell mAP at mask IoU 0.6 (Open Images style) "
-                    "and image-level tables by macro F1 and macro mAP.",
+        description="Score per-cell tables / submissions by per-cell mAP at IoU 0.6 (Open Images challenge "
+                    "protocol of the HPA competition, or strict) and image-level tables by macro F1 and macro mAP.",
         epilog=EXIT_EPILOG,
     )
     parser.add_argument("preds", type=Path, nargs="+", help="per-cell tables, submission CSVs or image-level tables")
@@ -62,8 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ID,Label CSV for image-level tables (default: TRUTH/train.csv or TRUTH itself)")
     parser.add_argument("--names", nargs="+", default=None, help="one column name per prediction (default: file stems)")
     parser.add_argument("--iou", type=float, default=IOU_THRESHOLD, help=f"IoU threshold (default {IOU_THRESHOLD})")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                        help="official (default): the HPA competition's Open Images challenge rules, predictions "
+                             "of a class absent from an image's truth are dropped; strict: every prediction counts")
+    parser.add_argument("--overlap", choices=OVERLAPS, default=DEFAULT_OVERLAP,
+                        help="mask (default): pixel-mask IoU; box: IoU of the masks' bounding boxes, as the "
+                             "published HPA scoring script")
     parser.add_argument("--ties", choices=TIE_MODES, default="group",
-                        help="tied confidences: group (order-independent, default) or stable (input order)")
+                        help="tied confidences of the per-class table: group (order-independent, default; equals "
+                             "the worst order), stable (input order), best or worst order; the summary rows "
+                             "always give the best..worst range")
     parser.add_argument("--min-confidence", type=float, default=None,
                         help="ignore per-cell predictions below this confidence (as a submission floor would)")
     parser.add_argument("--threshold", type=float, default=0.5, help="image-level F1 threshold (default 0.5)")
@@ -128,21 +147,41 @@ def _read_labels(truth: Path, labels: Path | None) -> pd.DataFrame:
     return df
 
 
+def summary_names(iou: float, protocol: str) -> dict[str, str]:
+    """Names of the summary rows of :func:`cell_table`: chosen protocol, its tie range, the other protocol."""
+    other = next(p for p in PROTOCOLS if p != protocol)
+    return {"map": f"mAP@{iou:g} {protocol}", "best": f"{protocol} best tie order",
+            "worst": f"{protocol} worst tie order", "other": f"mAP@{iou:g} {other}"}
+
+
 def cell_table(preds: dict[str, dict[str, PredImage]], truth: dict[str, TruthImage], iou: float,
-               ties: str) -> pd.DataFrame:
-    """Per-class per-cell AP of each prediction (columns) plus a final ``mAP`` row."""
+               ties: str, protocol: str = DEFAULT_PROTOCOL, overlap: str = DEFAULT_OVERLAP) -> pd.DataFrame:
+    """Per-class per-cell AP of each prediction (columns) under ``protocol`` plus summary rows.
+
+    Summary rows (see :func:`summary_names`): the mAP with ``ties``, the worst and best mAP over
+    orders of tied confidences, and the mAP under the other protocol (with ``ties``).
+    """
+    names = summary_names(iou, protocol)
     table: pd.DataFrame | None = None
-    maps: dict[str, float] = {}
+    summary: dict[str, dict[str, object]] = {key: {"class": "", "name": name, "n_gt": 0} for key, name in names.items()}
     for name, pred in preds.items():
-        result = evaluate_cells(pred, truth, iou_threshold=iou, ties=ties)
+        matches = match_predictions(pred, truth, iou_threshold=iou, overlap=overlap)
+        result = matches.result(protocol, ties)
         per_class = result.table()
         if table is None:
             table = per_class[["class", "name", "n_gt"]].copy()
         table[name] = per_class["ap"]
-        maps[name] = result.map
+        worst, best = matches.tie_range(protocol)
+        other = next(p for p in PROTOCOLS if p != protocol)
+        for key, value in (("map", result.map), ("worst", worst), ("best", best),
+                           ("other", matches.result(other, ties).map)):
+            summary[key][name] = value
     assert table is not None
-    summary = {"class": "", "name": f"mAP@{iou:g}", "n_gt": int(table["n_gt"].sum()), **maps}
-    return pd.concat([table, pd.DataFrame([summary])], ignore_index=True)
+    n_gt = int(table["n_gt"].sum())
+    for row in summary.values():
+        row["n_gt"] = n_gt
+    return pd.concat([table, pd.DataFrame([summary[k] for k in ("map", "worst", "best", "other")])],
+                     ignore_index=True)
 
 
 def image_table(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -173,26 +212,27 @@ def image_table(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, threshold:
     return pd.concat([table, pd.DataFrame([summary])], ignore_index=True)
 
 
-def plot_cell_table(table: pd.DataFrame, names: Sequence[str], path: Path) -> Path:
+def plot_cell_table(table: pd.DataFrame, names: Sequence[str], path: Path, title: str = "") -> Path:
     """Grouped bar chart of per-class AP (classes with ground truth), one colour per prediction."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    rows = table.iloc[:-1]
+    rows = table.loc[table["class"].astype(str) != ""]
     rows = rows.loc[rows["n_gt"] > 0]
+    mean_row = table.loc[table["class"].astype(str) == ""].iloc[0]
     x = np.arange(len(rows))
     width = 0.8 / max(len(names), 1)
     fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(rows) + 4), 4))
     for k, name in enumerate(names):
-        mean = table[name].iloc[-1]
+        mean = mean_row[name]
         ax.bar(x + k * width - 0.4 + width / 2, rows[name].astype(float), width, label=f"{name} (mAP {mean:.3f})")
     ax.set_xticks(x)
     ax.set_xticklabels([f"{c} {n}" for c, n in zip(rows["class"], rows["name"])], rotation=60, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("AP (IoU >= threshold)")
-    ax.set_title(f"per-cell AP, {table['name'].iloc[-1]}")
+    ax.set_title(f"per-cell AP, {mean_row['name']}" + (f" ({title})" if title else ""))
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,8 +267,9 @@ def run(args: argparse.Namespace) -> tuple[pd.DataFrame | None, pd.DataFrame | N
         truth = _read_truth(args.truth, ids)
         if not truth:
             raise EvalError(f"{args.truth}: no ground-truth image to score")
-        cells = cell_table(cell_preds, truth, args.iou, args.ties)
-        print(f"per-cell AP at IoU {args.iou:g} over {len(truth)} images ({args.ties} ties)")
+        cells = cell_table(cell_preds, truth, args.iou, args.ties, args.protocol, args.overlap)
+        print(f"per-cell AP over {len(truth)} images: {describe(args.protocol, args.overlap, args.iou, args.ties)} "
+              f"(last rows: tie range over orders of tied confidences, and the other protocol)")
         print(cells.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if image_preds:
         images = image_table(image_preds, _read_labels(args.truth, args.labels), args.threshold)
@@ -259,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wsss-eval: image-level table -> {image_path}")
     if args.plot is not None and cells is not None:
         names = [c for c in cells.columns if c not in ("class", "name", "n_gt")]
-        print(f"wsss-eval: chart -> {plot_cell_table(cells, names, args.plot)}")
+        title = describe(args.protocol, args.overlap, args.iou)
+        print(f"wsss-eval: chart -> {plot_cell_table(cells, names, args.plot, title)}")
     return EXIT_OK
 
 

@@ -28,9 +28,11 @@ instead, and floor cells get ``1 - b_k``). So a cell outside every activation en
 near 1, and an image the classifier calls Negative passes that probability to all its cells.
 
 Parameters and defaults live in ``configs/infer.yaml`` (section ``stage1``): ``tau``
-(``threshold``) 0.3, ``w`` (``overlap_weight``) 0.5, ``combine`` geometric, ``lambda``
-(``cam_weight``) 0.5, ``floor`` (``negative_floor``) 0.1, ``image_negative`` true. Tune them on the
-out-of-fold tables (``docs/inference.md`` has the measurements behind the defaults).
+(``threshold``) 0.1, ``w`` (``overlap_weight``) 0.5, ``combine`` geometric, ``lambda``
+(``cam_weight``) 0.9, ``floor`` (``negative_floor``) 1.0 (every cell then gets
+``max(1 - b_k, P_18)``), ``image_negative`` true, tuned under the official cell-metric protocol.
+Tune them on the out-of-fold tables (``scripts/tune_stage1.py``; ``docs/inference.md`` has the
+measurements behind the defaults).
 
 Computation: because ``U`` is linear, a cell's mean of any resized map equals a fixed weighting of
 the low-resolution map, ``mean_{Omega_k} U[X] = sum_{ij} F_k[ij] X[ij]`` with the cell's
@@ -69,12 +71,12 @@ class ScoringError(ValueError):
 class ScoreParams:
     """Stage-1 scoring parameters (see the module doc for the formula)."""
 
-    threshold: float = 0.3
+    threshold: float = 0.1
     overlap_weight: float = 0.5
     combine: str = "geometric"
-    negative_floor: float = 0.1
+    negative_floor: float = 1.0
     image_negative: bool = True
-    cam_weight: float = 0.5
+    cam_weight: float = 0.9
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.cam_weight) <= 1.0:

@@ -1,29 +1,53 @@
-"""Per-cell mean average precision at mask IoU 0.6, as the HPA single-cell competition scored.
+"""Per-cell mean average precision at IoU 0.6, as the HPA single-cell competition scored.
 
 Open Images style, per class ``c``:
 
 * every prediction is a ``(cell mask, class, confidence)`` triplet; the ground truth of ``c`` is
-  every true cell whose label set holds ``c``;
-* predictions of ``c`` are taken by confidence, highest first; each is matched to the
-  highest-IoU ground-truth cell of class ``c`` in its image that is not matched yet; IoU >=
-  ``iou_threshold`` (0.6) makes it a true positive (and that cell matched), anything else a false
-  positive (a second prediction on an already found cell is therefore a false positive);
+  every true cell whose label set holds ``c`` (a cell with two labels is two ground-truth objects);
+* predictions of ``c`` in an image are taken by confidence, highest first, and matched to the
+  ground-truth cells of ``c`` of that image; IoU >= ``iou_threshold`` (0.6) makes a true positive
+  (and that cell found), anything else a false positive (so a second prediction on a found cell
+  is a false positive);
 * AP is the area under the precision envelope (precision made monotone non-increasing from the
-  right) over recall, recall = TP / number of ground-truth cells of ``c``;
+  right) over recall, recall = TP / number of ground-truth cells of ``c``, precision and recall
+  read from cumulative TP/FP counts along the predictions sorted by confidence;
 * mAP is the mean AP over the classes with at least one ground-truth cell. Classes without
-  ground truth are left out of the mean and their predictions are ignored. A class with ground
-  truth but no prediction scores AP 0.
+  ground truth are left out of the mean. A class with ground truth but no (kept) prediction
+  scores AP 0.
 
-Tied confidences (``ties``): ``"group"`` (default) reads precision and recall only after the
-last prediction of each group of equal confidence, so AP does not depend on the order of tied
-predictions (the way ``sklearn.metrics.average_precision_score`` treats thresholds; it matters
-for the naive baseline where all cells of an image share one score). ``"stable"`` walks the
-predictions one by one in the given order (a stable sort), as a plain Open Images
-implementation does. Matching within a tie is in input order either way; with non-overlapping
-ground-truth cells this cannot change the number of true positives.
+``protocol`` (:data:`PROTOCOLS`) says which predictions count:
 
-IoUs come from :func:`wsss.masks.pairwise_iou`: one ``bincount`` over the pixels of two label
-maps, or pycocotools RLE arithmetic when either side is a set of submission masks.
+* ``"official"`` (default), what the HPA competition's scorer (TensorFlow's Open Images
+  challenge evaluator, matching IoU 0.6) does: an image's *evaluatable classes* are the union of
+  its ground-truth cells' labels, and a prediction whose class is not among them is dropped
+  before matching (neither TP nor FP). Images without ground truth therefore drop every
+  prediction. A prediction of ``c`` on a cell that lacks ``c`` in an image that has ``c``
+  elsewhere still is a false positive. Matching takes, for each prediction, the ground-truth
+  cell of highest IoU (found or not): if that one is already found the prediction is a false
+  positive, even when another unfound cell also overlaps it by >= the threshold.
+* ``"strict"``: every prediction counts; a class predicted in an image without it is a false
+  positive, and a prediction whose best cell is already found falls back to the highest-IoU
+  unfound one. With disjoint cell masks and mask IoU the fall-back never fires (IoU > 0.5 with
+  two disjoint cells is impossible); the protocols then differ only by the evaluatable classes.
+
+``overlap`` (:data:`OVERLAPS`): ``"mask"`` IoU of the pixel masks, or ``"box"`` IoU of the
+masks' bounding boxes (rows min..max+1, columns min..max+1, :mod:`wsss.masks.boxes`), which is
+what the published HPA scoring script matches by. With compact masks the two mostly agree; with
+ragged masks they can differ a lot.
+
+Tied confidences (``ties``, :data:`TIE_MODES`): ``"group"`` (default) reads precision and recall
+only after the last prediction of each group of equal confidence, so AP does not depend on the
+order of tied predictions (the way ``sklearn.metrics.average_precision_score`` treats thresholds;
+it matters for the naive baseline where all cells of an image share one score). The official
+evaluator breaks ties by an unstable sort, so a tied submission has a range of possible scores:
+``"best"`` puts the true positives of every tie first, ``"worst"`` last (the maximum and
+minimum AP over tie orders), and ``"stable"`` walks the predictions in the given order. Report
+the group value with the best..worst range (:meth:`CellMatches.tie_range`), never one order.
+Matching within a tie is in input order; with disjoint masks this cannot change the number of
+true positives.
+
+Mask IoUs come from :func:`wsss.masks.pairwise_iou` (one ``bincount`` over the pixels of two
+label maps, or pycocotools RLE arithmetic), box IoUs from :func:`wsss.masks.boxes.pairwise_box_iou`.
 """
 
 from __future__ import annotations
@@ -39,15 +63,20 @@ import pandas as pd
 from wsss.data.classes import CLASS_NAMES, NUM_CLASSES, LabelError, parse_label
 from wsss.data.io import ImageReadError
 from wsss.data.io import read_label_png as _read_label_png
-from wsss.schema import PROB_COLUMNS
 from wsss.masks import CellMasks, MaskError, cell_masks_from_label_map, cell_masks_from_strings, pairwise_iou, rows_cell_masks
+from wsss.masks.boxes import pairwise_box_iou
+from wsss.schema import PROB_COLUMNS
 from wsss.submission import Submission
 from wsss.tables import average_duplicate_cells
 
 logger = logging.getLogger(__name__)
 
 IOU_THRESHOLD: float = 0.6
-TIE_MODES: tuple[str, ...] = ("group", "stable")
+TIE_MODES: tuple[str, ...] = ("group", "stable", "best", "worst")
+PROTOCOLS: tuple[str, ...] = ("official", "strict")
+OVERLAPS: tuple[str, ...] = ("mask", "box")
+DEFAULT_PROTOCOL: str = "official"
+DEFAULT_OVERLAP: str = "mask"
 
 
 class MetricError(ValueError):
@@ -94,13 +123,22 @@ def image_cells_from_scores(image_id: str, iou: np.ndarray, gt_labels: np.ndarra
     return ImageCells(image_id, np.asarray(iou, dtype=np.float64), np.asarray(gt_labels, dtype=bool), cell, cls, score)
 
 
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """:class:`MetricError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise MetricError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
 def match_image_class(iou: np.ndarray, gt_of_class: np.ndarray, pred_cell: np.ndarray, pred_score: np.ndarray,
-                      iou_threshold: float = IOU_THRESHOLD) -> np.ndarray:
+                      iou_threshold: float = IOU_THRESHOLD, fall_back: bool = True) -> np.ndarray:
     """True-positive flags of one image's predictions of one class (greedy, by descending confidence).
 
     ``gt_of_class``: indices (columns of ``iou``) of the ground-truth cells of the class. Each
-    prediction, taken by score (stable for ties), claims the highest-IoU unmatched of them if
-    that IoU >= ``iou_threshold``. Returns flags in the input order of the predictions.
+    prediction, taken by score (stable for ties), looks at the highest-IoU ground-truth cell; it
+    is a true positive if that IoU >= ``iou_threshold`` and the cell is not found yet.
+    ``fall_back=True`` (strict protocol) looks only at the cells not found yet; ``False`` (official
+    protocol, as the Open Images evaluator) at all of them, so a prediction whose best cell is
+    already found is a false positive. Returns flags in the input order of the predictions.
     """
     tp = np.zeros(pred_cell.size, dtype=bool)
     if pred_cell.size == 0 or gt_of_class.size == 0:
@@ -112,9 +150,9 @@ def match_image_class(iou: np.ndarray, gt_of_class: np.ndarray, pred_cell: np.nd
     order = candidates[np.argsort(-pred_score[candidates], kind="stable")]
     matched = np.zeros(gt_of_class.size, dtype=bool)
     for p in order.tolist():
-        row = np.where(matched, -1.0, sub[p])
+        row = np.where(matched, -1.0, sub[p]) if fall_back else sub[p]
         best = int(np.argmax(row))
-        if row[best] >= iou_threshold:
+        if row[best] >= iou_threshold and not matched[best]:
             matched[best] = True
             tp[p] = True
     return tp
@@ -125,16 +163,21 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int, ties: str =
 
     ``nan`` when ``n_gt == 0``; 0 when there is no prediction. See the module docstring for ``ties``.
     """
-    if ties not in TIE_MODES:
-        raise MetricError(f"ties must be one of {TIE_MODES}, got {ties!r}")
+    _check_choice("ties", ties, TIE_MODES)
     if n_gt <= 0:
         return float("nan")
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size == 0:
         return 0.0
-    order = np.argsort(-scores, kind="stable")
+    hits = np.asarray(tp, dtype=bool)
+    if ties == "best":
+        order = np.lexsort((~hits, -scores))
+    elif ties == "worst":
+        order = np.lexsort((hits, -scores))
+    else:
+        order = np.argsort(-scores, kind="stable")
     s = scores[order]
-    hits = np.asarray(tp, dtype=bool)[order]
+    hits = hits[order]
     tp_cum = np.cumsum(hits)
     fp_cum = np.cumsum(~hits)
     if ties == "group":
@@ -148,21 +191,39 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int, ties: str =
     return float(np.sum(steps * envelope))
 
 
+def describe(protocol: str, overlap: str, iou_threshold: float = IOU_THRESHOLD, ties: str | None = None) -> str:
+    """How a per-cell score was computed, for table titles: ``"official protocol, mask IoU >= 0.6"``."""
+    text = f"{protocol} protocol, {overlap} IoU >= {iou_threshold:g}"
+    return text if ties is None else f"{text}, {ties} ties"
+
+
 @dataclass
 class CellMapResult:
-    """Per-class AP (``nan`` where a class has no ground truth), counts and the mAP over classes with GT."""
+    """Per-class AP (``nan`` where a class has no ground truth), counts and the mAP over classes with GT.
+
+    ``n_pred``/``n_tp`` count the predictions that were scored (under ``official`` the ones of an
+    evaluatable class).
+    """
 
     ap: np.ndarray
     n_gt: np.ndarray
     n_pred: np.ndarray
     n_tp: np.ndarray
     iou_threshold: float = IOU_THRESHOLD
+    protocol: str = DEFAULT_PROTOCOL
+    overlap: str = DEFAULT_OVERLAP
+    ties: str = "group"
 
     @property
     def map(self) -> float:
         """Mean AP over the classes with ground truth (``nan`` if none has)."""
         valid = self.n_gt > 0
         return float(np.mean(self.ap[valid])) if valid.any() else float("nan")
+
+    @property
+    def label(self) -> str:
+        """Protocol, overlap, threshold and ties in words (see :func:`describe`)."""
+        return describe(self.protocol, self.overlap, self.iou_threshold, self.ties)
 
     def table(self) -> pd.DataFrame:
         """Per-class table: ``class, name, n_gt, n_pred, n_tp, ap``."""
@@ -171,35 +232,102 @@ class CellMapResult:
                              "n_pred": self.n_pred, "n_tp": self.n_tp, "ap": self.ap})
 
 
-def cell_map(images: Iterable[ImageCells], iou_threshold: float = IOU_THRESHOLD,
-             num_classes: int = NUM_CLASSES, ties: str = "group") -> CellMapResult:
-    """Per-cell mAP over ``images`` (see the module docstring for the exact rules)."""
-    scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
-    flags: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+@dataclass
+class CellMatches:
+    """Matched predictions of a set of images under one or more protocols, ready for AP.
+
+    ``scores[protocol][c]`` / ``flags[protocol][c]``: confidences and TP flags of the scored
+    predictions of class ``c``; ``n_gt[c]``: ground-truth cells of ``c``. Matching is done once;
+    :meth:`result` then computes AP for any tie mode.
+    """
+
+    n_gt: np.ndarray
+    scores: dict[str, list[np.ndarray]]
+    flags: dict[str, list[np.ndarray]]
+    iou_threshold: float = IOU_THRESHOLD
+    overlap: str = DEFAULT_OVERLAP
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The protocols these matches were collected for."""
+        return tuple(self.scores)
+
+    def result(self, protocol: str = DEFAULT_PROTOCOL, ties: str = "group") -> CellMapResult:
+        """Per-class AP and mAP under ``protocol`` with tie mode ``ties``."""
+        _check_choice("ties", ties, TIE_MODES)
+        if protocol not in self.scores:
+            raise MetricError(f"protocol {protocol!r} was not matched (have {self.protocols})")
+        num_classes = self.n_gt.size
+        ap = np.full(num_classes, np.nan)
+        n_pred = np.zeros(num_classes, dtype=np.int64)
+        n_tp = np.zeros(num_classes, dtype=np.int64)
+        for c in range(num_classes):
+            s, t = self.scores[protocol][c], self.flags[protocol][c]
+            n_pred[c], n_tp[c] = s.size, int(t.sum())
+            if self.n_gt[c] > 0:
+                ap[c] = average_precision(s, t, int(self.n_gt[c]), ties=ties)
+        return CellMapResult(ap=ap, n_gt=self.n_gt.copy(), n_pred=n_pred, n_tp=n_tp,
+                             iou_threshold=self.iou_threshold, protocol=protocol, overlap=self.overlap, ties=ties)
+
+    def tie_range(self, protocol: str = DEFAULT_PROTOCOL) -> tuple[float, float]:
+        """``(worst, best)`` mAP over every order of tied confidences under ``protocol``."""
+        return self.result(protocol, "worst").map, self.result(protocol, "best").map
+
+
+def evaluatable(gt_labels: np.ndarray, pred_class: np.ndarray, protocol: str) -> np.ndarray:
+    """Which predictions of one image are scored: all (``strict``) or those of a class some
+    ground-truth cell of the image holds (``official``; none for an image without ground truth)."""
+    _check_choice("protocol", protocol, PROTOCOLS)
+    if protocol == "strict":
+        return np.ones(pred_class.size, dtype=bool)
+    image_classes = np.asarray(gt_labels, dtype=bool).any(axis=0)
+    return image_classes[pred_class] if image_classes.size else np.zeros(pred_class.size, dtype=bool)
+
+
+def match_cells(images: Iterable[ImageCells], iou_threshold: float = IOU_THRESHOLD, num_classes: int = NUM_CLASSES,
+                protocols: Sequence[str] = PROTOCOLS, overlap: str = DEFAULT_OVERLAP) -> CellMatches:
+    """Match the predictions of ``images`` to their ground truth under each of ``protocols``.
+
+    ``overlap`` only names how the ``iou`` matrices of ``images`` were computed.
+    """
+    for protocol in protocols:
+        _check_choice("protocol", protocol, PROTOCOLS)
+    scores: dict[str, list[list[np.ndarray]]] = {p: [[] for _ in range(num_classes)] for p in protocols}
+    flags: dict[str, list[list[np.ndarray]]] = {p: [[] for _ in range(num_classes)] for p in protocols}
     n_gt = np.zeros(num_classes, dtype=np.int64)
     for image in images:
         gt = np.asarray(image.gt_labels, dtype=bool).reshape(-1, num_classes)
-        iou = np.asarray(image.iou, dtype=np.float64).reshape(-1, gt.shape[0])
+        iou = np.asarray(image.iou, dtype=np.float64)
+        if iou.ndim != 2:
+            n_rows = int(image.pred_cell.max(initial=-1)) + 1
+            iou = iou.reshape(-1, gt.shape[0]) if gt.shape[0] else np.zeros((n_rows, 0))
         if image.pred_cell.size and (image.pred_cell.max() >= iou.shape[0] or image.pred_cell.min() < 0):
             raise MetricError(f"image {image.image_id}: prediction cell index outside the IoU matrix")
+        bad = (image.pred_class < 0) | (image.pred_class >= num_classes)
+        if bad.any():
+            raise MetricError(f"image {image.image_id}: class {int(image.pred_class[bad][0])} out of range "
+                              f"0..{num_classes - 1}")
         n_gt += gt.sum(axis=0)
-        for c in np.unique(image.pred_class).tolist():
-            if not 0 <= c < num_classes:
-                raise MetricError(f"image {image.image_id}: class {c} out of range 0..{num_classes - 1}")
-            sel = image.pred_class == c
-            cells, sc = image.pred_cell[sel], image.pred_score[sel]
-            scores[c].append(sc)
-            flags[c].append(match_image_class(iou, np.flatnonzero(gt[:, c]), cells, sc, iou_threshold))
-    ap = np.full(num_classes, np.nan)
-    n_pred = np.zeros(num_classes, dtype=np.int64)
-    n_tp = np.zeros(num_classes, dtype=np.int64)
-    for c in range(num_classes):
-        s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
-        t = np.concatenate(flags[c]) if flags[c] else np.zeros(0, dtype=bool)
-        n_pred[c], n_tp[c] = s.size, int(t.sum())
-        if n_gt[c] > 0:
-            ap[c] = average_precision(s, t, int(n_gt[c]), ties=ties)
-    return CellMapResult(ap=ap, n_gt=n_gt, n_pred=n_pred, n_tp=n_tp, iou_threshold=iou_threshold)
+        for protocol in protocols:
+            kept = evaluatable(gt, image.pred_class, protocol)
+            for c in np.unique(image.pred_class[kept]).tolist():
+                sel = kept & (image.pred_class == c)
+                cells, sc = image.pred_cell[sel], image.pred_score[sel]
+                scores[protocol][c].append(sc)
+                flags[protocol][c].append(match_image_class(iou, np.flatnonzero(gt[:, c]), cells, sc, iou_threshold,
+                                                            fall_back=protocol == "strict"))
+    return CellMatches(
+        n_gt=n_gt,
+        scores={p: [np.concatenate(v) if v else np.zeros(0) for v in per] for p, per in scores.items()},
+        flags={p: [np.concatenate(v) if v else np.zeros(0, dtype=bool) for v in per] for p, per in flags.items()},
+        iou_threshold=iou_threshold, overlap=overlap)
+
+
+def cell_map(images: Iterable[ImageCells], iou_threshold: float = IOU_THRESHOLD,
+             num_classes: int = NUM_CLASSES, ties: str = "group", protocol: str = DEFAULT_PROTOCOL) -> CellMapResult:
+    """Per-cell mAP over ``images`` under ``protocol`` (see the module docstring for the exact rules)."""
+    _check_choice("ties", ties, TIE_MODES)
+    return match_cells(images, iou_threshold, num_classes, protocols=(protocol,)).result(protocol, ties)
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -347,13 +475,21 @@ def preds_from_submission(sub: Submission, min_confidence: float | None = None) 
     return out
 
 
-def evaluate_cells(preds: dict[str, PredImage], truth: dict[str, TruthImage], iou_threshold: float = IOU_THRESHOLD,
-                   ties: str = "group") -> CellMapResult:
-    """Score predictions against ground truth over the images of ``truth``.
+def pairwise_overlap(pred: CellMasks, gt: CellMasks, overlap: str = DEFAULT_OVERLAP) -> np.ndarray:
+    """IoU of every predicted cell (rows) with every ground-truth cell (columns): pixel masks or their boxes."""
+    _check_choice("overlap", overlap, OVERLAPS)
+    return pairwise_iou(pred, gt) if overlap == "mask" else pairwise_box_iou(pred, gt)
+
+
+def match_predictions(preds: dict[str, PredImage], truth: dict[str, TruthImage],
+                      iou_threshold: float = IOU_THRESHOLD, protocols: Sequence[str] = PROTOCOLS,
+                      overlap: str = DEFAULT_OVERLAP) -> CellMatches:
+    """Match predictions to ground truth over the images of ``truth`` under each of ``protocols``.
 
     Truth images without predictions count their cells as misses; predicted images absent from
-    the truth are ignored (logged).
+    the truth are ignored (logged). IoUs are computed once and shared by the protocols.
     """
+    _check_choice("overlap", overlap, OVERLAPS)
     extra = set(preds) - set(truth)
     if extra:
         logger.warning("%d predicted image(s) have no ground truth and are ignored", len(extra))
@@ -369,15 +505,25 @@ def evaluate_cells(preds: dict[str, PredImage], truth: dict[str, TruthImage], io
             if (pred.masks.height, pred.masks.width) != (gt.masks.height, gt.masks.width):
                 raise MetricError(f"image {image_id}: prediction is {pred.masks.height}x{pred.masks.width}, "
                                   f"ground truth {gt.masks.height}x{gt.masks.width}")
-            iou = pairwise_iou(pred.masks, gt.masks)
+            iou = pairwise_overlap(pred.masks, gt.masks, overlap)
             yield ImageCells(image_id, iou, gt.labels, pred.pred_cell, pred.pred_class, pred.pred_score)
 
-    return cell_map(images(), iou_threshold=iou_threshold, ties=ties)
+    return match_cells(images(), iou_threshold=iou_threshold, protocols=protocols, overlap=overlap)
+
+
+def evaluate_cells(preds: dict[str, PredImage], truth: dict[str, TruthImage], iou_threshold: float = IOU_THRESHOLD,
+                   ties: str = "group", protocol: str = DEFAULT_PROTOCOL,
+                   overlap: str = DEFAULT_OVERLAP) -> CellMapResult:
+    """Score predictions against ground truth over the images of ``truth`` under one protocol
+    (see :func:`match_predictions`)."""
+    _check_choice("ties", ties, TIE_MODES)
+    return match_predictions(preds, truth, iou_threshold, (protocol,), overlap).result(protocol, ties)
 
 
 __all__: Sequence[str] = [
-    "IOU_THRESHOLD", "TIE_MODES", "MetricError", "ImageCells", "flatten_scores", "image_cells_from_scores",
-    "match_image_class", "average_precision", "CellMapResult", "cell_map", "TruthImage", "read_label_png",
-    "truth_from_label_dir", "truth_from_submission", "PredImage", "preds_from_cell_table",
-    "preds_from_submission", "evaluate_cells",
+    "IOU_THRESHOLD", "TIE_MODES", "PROTOCOLS", "OVERLAPS", "DEFAULT_PROTOCOL", "DEFAULT_OVERLAP", "MetricError",
+    "ImageCells", "flatten_scores", "image_cells_from_scores", "match_image_class", "average_precision",
+    "describe", "CellMapResult", "CellMatches", "evaluatable", "match_cells", "cell_map", "TruthImage",
+    "read_label_png", "truth_from_label_dir", "truth_from_submission", "PredImage", "preds_from_cell_table",
+    "preds_from_submission", "pairwise_overlap", "match_predictions", "evaluate_cells",
 ]

@@ -201,7 +201,7 @@ def combine(p: dict[str, Path]) -> dict[str, pd.DataFrame]:
         "naive": naive_cells_from_images(stage1, images),
         "stage1": stage1,
         "stage2": stage2,
-        "ensemble": ensemble([Source("stage1", stage1), Source("stage2", stage2)], match="id"),
+        "ensemble": ensemble([Source("stage1", stage1), Source("stage2", stage2)], method="geom", match="id"),
     }
     for name, table in tables.items():
         if name in ("naive", "ensemble"):

@@ -54,7 +54,7 @@ from wsss.metrics.cell import (
     truth_from_label_dir,
 )
 from wsss.schema import PROB_COLUMNS
-from wsss.submission import read_cell_table
+from wsss.tables import read_cell_table
 
 logger = logging.getLogger(__name__)
 

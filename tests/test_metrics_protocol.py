@@ -23,7 +23,7 @@ from wsss.metrics.cell import (
     match_predictions,
 )
 from wsss.schema import PROB_COLUMNS
-from wsss.submission import CellMasks, cell_masks_from_label_map
+from wsss.masks import CellMasks, cell_masks_from_label_map
 
 N_CLASSES = 19
 
@@ -255,7 +255,8 @@ def test_group_ties_equal_the_worst_order():
 
 def test_eval_cli_image_without_truth_in_a_truth_submission(tmp_path: Path):
     """Truth as a submission CSV where image E has no cells: its predictions count only under strict."""
-    from wsss.submission import encode_binary_mask, format_prediction_string, write_submission
+    from wsss.masks import encode_binary_mask
+    from wsss.submission import format_prediction_string, write_submission
 
     mask = np.zeros((32, 32), bool)
     mask[4:20, 4:20] = True

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wsss.infer.scoring import ScoreParams, cell_footprints, index_cells, score_cells
+from wsss.infer.scoring import ScoreParams, cell_footprints, score_cells
+from wsss.masks import index_cells
 from wsss.schema import PROB_COLUMNS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "tune_stage1.py"

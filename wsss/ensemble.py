@@ -52,8 +52,8 @@ from scipy.stats import rankdata
 from wsss.data.classes import NUM_CLASSES
 from wsss.schema import PROB_COLUMNS
 from wsss.masks import CellMasks, MaskError, greedy_match, pairwise_iou, rows_cell_masks
-from wsss.submission import check_probabilities, read_submission
-from wsss.tables import read_cell_table
+from wsss.submission import read_submission
+from wsss.tables import check_probabilities, read_cell_table
 
 logger = logging.getLogger(__name__)
 

@@ -192,20 +192,6 @@ def _checked_sizes(images: pd.DataFrame, path: Path | str) -> pd.DataFrame:
     return images
 
 
-def check_probabilities(cells: pd.DataFrame, name: Path | str) -> None:
-    """Refuse a per-cell table whose probabilities are not all in ``[0, 1]`` (NaN included).
-
-    Raises :class:`SubmissionError` naming the table, the count and the first bad cell.
-    """
-    probs = cells[PROB_COLUMNS].to_numpy(dtype=np.float64)
-    bad = ~((probs >= 0.0) & (probs <= 1.0))
-    if bad.any():
-        row, col = (int(v) for v in np.argwhere(bad)[0])
-        first = cells.iloc[row]
-        raise SubmissionError(f"{name}: {int(bad.sum())} probabilities outside [0, 1], e.g. image "
-                              f"{first['image_id']} cell {first['cell_id']} {PROB_COLUMNS[col]} = {probs[row, col]:g}")
-
-
 def _image_masks(group: pd.DataFrame, height: int, width: int) -> dict[int, str]:
     """Mask strings of the cells in one image's rows: from a ``mask`` column when filled, else the label map."""
     source = rows_mask_source(group, height, width)
@@ -281,6 +267,6 @@ def write_submission(submission: pd.DataFrame, path: Path | str) -> Path:
 
 __all__: Sequence[str] = [
     "SUBMISSION_COLUMNS", "PREDICTION_COLUMNS", "SubmissionError",
-    "check_probabilities", "format_confidence", "format_prediction_string", "parse_prediction_string", "Submission",
+    "format_confidence", "format_prediction_string", "parse_prediction_string", "Submission",
     "read_submission", "read_image_sizes", "build_submission", "write_submission",
 ]

@@ -1,5 +1,6 @@
-"""Per-cell prediction tables on disk: reading one back (:func:`read_cell_table`) and merging
-duplicate cells (:func:`average_duplicate_cells`).
+"""Per-cell prediction tables on disk: reading one back (:func:`read_cell_table`), merging
+duplicate cells (:func:`average_duplicate_cells`) and refusing probabilities outside [0, 1]
+(:func:`check_probabilities`).
 
 A per-cell table (parquet, or CSV with the same columns) has one row per ``(image_id, cell_id)``
 with the class probabilities ``p_0..p_18`` and, for the later stages, the cell's mask as
@@ -21,7 +22,7 @@ from wsss.schema import CELL_KEY_COLUMNS, PROB_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CellTableError", "average_duplicate_cells", "read_cell_table"]
+__all__ = ["check_probabilities", "CellTableError", "average_duplicate_cells", "read_cell_table"]
 
 
 class CellTableError(MaskError):
@@ -79,3 +80,17 @@ def read_cell_table(path: Path | str) -> pd.DataFrame:
     df["image_id"] = df["image_id"].astype(str)
     df["cell_id"] = df["cell_id"].astype(np.int64)
     return average_duplicate_cells(df)
+
+
+def check_probabilities(cells: pd.DataFrame, name: Path | str) -> None:
+    """Refuse a per-cell table whose probabilities are not all in ``[0, 1]`` (NaN included).
+
+    Raises :class:`CellTableError` naming the table, the count and the first bad cell.
+    """
+    probs = cells[PROB_COLUMNS].to_numpy(dtype=np.float64)
+    bad = ~((probs >= 0.0) & (probs <= 1.0))
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        first = cells.iloc[row]
+        raise CellTableError(f"{name}: {int(bad.sum())} probabilities outside [0, 1], e.g. image "
+                             f"{first['image_id']} cell {first['cell_id']} {PROB_COLUMNS[col]} = {probs[row, col]:g}")

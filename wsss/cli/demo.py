@@ -26,10 +26,11 @@ Precision is ``auto`` (:mod:`wsss.precision`); the choice is printed first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,15 +115,31 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
                         workers=args.workers, overlays=args.overlays)
 
 
-def show_progress() -> None:
-    """Let the training loop's per-epoch lines and the precision choice through to the console."""
+PROGRESS_LOGGERS: tuple[str, ...] = ("wsss.train.loop", "wsss.precision")
+
+
+@contextlib.contextmanager
+def show_progress() -> Iterator[None]:
+    """While open, the training loop's per-epoch lines and the precision choice go to stdout as ``[train] ...``.
+
+    The loggers are restored on exit (the demo runs in-process, e.g. inside a test session).
+    """
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[train] %(message)s"))
-    for name in ("wsss.train.loop", "wsss.precision"):
+    saved = []
+    for name in PROGRESS_LOGGERS:
         log = logging.getLogger(name)
+        saved.append((log, log.level, log.propagate))
         log.setLevel(logging.INFO)
         log.addHandler(handler)
         log.propagate = False
+    try:
+        yield
+    finally:
+        for log, level, propagate in saved:
+            log.removeHandler(handler)
+            log.setLevel(level)
+            log.propagate = propagate
 
 
 def _call(name: str, entry: Callable[[Sequence[str] | None], int], argv: list[str]) -> None:
@@ -328,10 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wsss-demo``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    show_progress()
     settings = settings_from_args(args)
     try:
-        run_demo(settings)
+        with show_progress():
+            run_demo(settings)
     except DemoError as exc:
         print(f"wsss-demo: error: {exc}", file=sys.stderr)
         return 1

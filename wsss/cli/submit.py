@@ -17,8 +17,8 @@ from pathlib import Path
 from wsss.cli.common import EXIT_EPILOG, EXIT_OK, refuse
 from wsss.fileio import OutputPathError, check_output_file
 from wsss.masks import MaskError
-from wsss.submission import build_submission, check_probabilities, read_image_sizes, write_submission
-from wsss.tables import read_cell_table
+from wsss.submission import build_submission, read_image_sizes, write_submission
+from wsss.tables import check_probabilities, read_cell_table
 
 logger = logging.getLogger(__name__)
 

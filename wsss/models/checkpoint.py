@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
+from pickle import UnpicklingError  # the exception class only: nothing here unpickles
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,7 +81,7 @@ def load_weights_only(path: Path | str) -> Any:
         with warnings.catch_warnings():  # a raw pickle of another protocol warns before it is refused
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except UnpicklingError:
         raise CheckpointError(not_weights_only_message(path)) from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, empty file, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -78,3 +78,24 @@ def segment_with_masks(rgby: np.ndarray, mask_dir: str | os.PathLike[str], image
     img = to_working_scale(rgby, size)
     cells, nuclei = load_precomputed(mask_dir, image_id, img.shape[:2], blue=img[:, :, 2], params=params)
     return apply_border_policy(cells, nuclei, border)
+
+
+def segment_with_model(rgby: np.ndarray, model: object, cfg: dict, size: int | None = 512, params: SegParams | None = None,
+                       border: str = "keep", tta: bool = True, markers: str = "cores") -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`segment`, but the cells come from a trained watershed model (``wsss-seg-train``).
+
+    ``model``/``cfg`` as returned by :func:`wsss.watershed.predict.load_watershed`. The nuclei are
+    the classical ones (blue channel); ``markers="nuclei"`` also seeds the watershed with them
+    (``"cores"``: the model's own high-energy cores). Each cell's nuclear pixels carry its id and
+    cells without a nucleus are dropped, so the maps keep the ``(cells, nuclei)`` contract.
+    """
+    from hpa_seg.postprocess import assign_nuclei_to_cells
+    from wsss.watershed.predict import segment_image
+
+    params = params or SegParams()
+    img = to_working_scale(rgby, size)
+    nuclei = segment_nuclei(img[:, :, 2], params, scale_factor(img.shape))
+    seeds = nuclei if markers == "nuclei" else None
+    cells, _ = segment_image(model, cfg, img, None, tta=tta, markers=seeds)
+    cells, nuclei = make_consistent(cells, assign_nuclei_to_cells(cells, nuclei > 0))
+    return apply_border_policy(cells, nuclei, border)

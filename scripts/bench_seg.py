@@ -6,6 +6,11 @@ full / 512. Reading the PNG files is not timed; the 512 figure includes the resi
 original image (``segment(rgby_full, size=512)``), and is also given without it.
 
     python scripts/bench_seg.py [--images ../shared/data/hpa_sample/images] [--repeat 3]
+    python scripts/bench_seg.py --model RUN/best.safetensors   # also the watershed model, as ratios
+
+With ``--model`` (a ``wsss-seg-train`` checkpoint, torch on one thread) every image is also timed
+at the working size through the network without and with flip TTA and through the post-processing
+alone, each printed as a ratio to the classical segmenter measured in the same run (CPU seconds).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="timed runs per image and scale (median kept)")
     p.add_argument("--size", type=int, default=512, help="working size")
     p.add_argument("--limit", type=int, default=0, help="use only the first N ids (0 = all)")
+    p.add_argument("--model", type=Path, default=None, help="a wsss-seg-train checkpoint to time against hpa_seg")
     return p
 
 
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((rgby.shape[0], t_resize, t_seg, t_total, t_full, c_total, c_full))
         print(f"{image_id:<38} {rgby.shape[0]:>5} {n_small:>9} {n_full:>10} {t_resize:>9.4f} {t_seg:>10.4f} "
               f"{t_total:>12.4f} {c_total:>7.4f} {t_full:>8.3f} {c_full:>7.3f} {t_full / t_total:>6.1f}x")
+    if args.model is not None:
+        bench_model(args, ids)
     for label, sel in (("all", rows), ("2048 px", [r for r in rows if r[0] == 2048])):
         if not sel:
             continue
@@ -93,6 +101,36 @@ def main(argv: list[str] | None = None) -> int:
               f"full resolution {m[3]:.3f} s/img (cpu {m[5]:.3f}), ratio full/{args.size} {m[3] / m[2]:.1f}x "
               f"(cpu {m[5] / m[4]:.1f}x)")
     return 0
+
+
+def bench_model(args: argparse.Namespace, ids: list[str]) -> None:
+    """CPU seconds per image of the watershed model (network, TTA network, post-processing) / hpa_seg, same run."""
+    import torch
+
+    from hpa_seg import segment
+    from hpa_seg.pipeline import to_working_scale
+    from wsss.data.io import read_rgby
+    from wsss.watershed.postprocess import postprocess
+    from wsss.watershed.predict import image_tensor, load_watershed, post_params, predict_probs
+
+    torch.set_num_threads(1)
+    net, cfg = load_watershed(args.model)
+    params = post_params(cfg)
+    ratios: dict[str, list[float]] = {"network": [], "network+tta": [], "post": [], "total": [], "total+tta": []}
+    print(f"watershed model {args.model}: CPU s per image at {args.size} as a ratio to hpa_seg (same run, 1 thread)")
+    for image_id in ids:
+        small = to_working_scale(read_rgby(args.images, image_id), args.size)
+        x = image_tensor(small, cfg, None)
+        _, c_classic = timed(lambda: segment(small, None), args.repeat)
+        _, c_net = timed(lambda: predict_probs(net, x, False), args.repeat)
+        _, c_tta = timed(lambda: predict_probs(net, x, True), args.repeat)
+        probs = {k: v[0].numpy() for k, v in predict_probs(net, x, False).items()}
+        _, c_post = timed(lambda: postprocess(probs["semantic"], probs["energy"], params), args.repeat)
+        for key, value in (("network", c_net), ("network+tta", c_tta), ("post", c_post),
+                           ("total", c_net + c_post), ("total+tta", c_tta + c_post)):
+            ratios[key].append(value / c_classic)
+        print(f"{image_id:<38} hpa_seg {c_classic:.4f} s cpu; " + ", ".join(f"{k} {v[-1]:.1f}x" for k, v in ratios.items()))
+    print("mean ratio to hpa_seg: " + ", ".join(f"{k} {statistics.mean(v):.1f}x" for k, v in ratios.items()))
 
 
 if __name__ == "__main__":

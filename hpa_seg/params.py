@@ -31,6 +31,12 @@ class SegParams:
         nuc_split_ratio: two touching parts are kept apart only when the neck between them is
             narrower than this fraction of the smaller part's radius (otherwise merged back,
             which keeps lobed nuclei whole).
+        nuc_local_fraction: 0 (default) keeps the global ``nuc_threshold_scale x Otsu`` rule; a
+            value in (0, 1) switches to an adaptive foreground: the blue channel minus its
+            background (a grey opening of radius ``2 x nuc_local_radius``) must exceed this
+            fraction of its own local peak (maximum within ``nuc_local_radius``), so dim nuclei
+            next to bright ones, uneven background and bright gaps between nuclei are handled.
+        nuc_local_radius: radius of the local-peak window (about a nucleus diameter).
     Cells (red + yellow cytoplasm):
         cell_sigma: Gaussian smoothing of the cytoplasm signal.
         cell_threshold_scale: the foreground threshold is ``background + scale * (otsu - background)``,
@@ -51,6 +57,8 @@ class SegParams:
     nuc_min_area: float = 2500.0
     nuc_split_h: float = 12.0
     nuc_split_ratio: float = 0.75
+    nuc_local_fraction: float = 0.0
+    nuc_local_radius: float = 80.0
     cell_sigma: float = 8.0
     cell_threshold_scale: float = 0.15
     cell_background_percentile: float = 5.0

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--iou", type=float, default=0.6)
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--ids", type=Path, default=None, help="only the ids of this file (one per line), e.g. a validation fold")
+    p.add_argument("--quick", action="store_true", help="only hpa_seg, ws and ws+tta (e.g. to tune --post on validation ids)")
     p.add_argument("--post", action="append", default=[], metavar="NAME=VALUE", help="post-processing override")
     return p
 
@@ -58,6 +60,17 @@ def _images(args: argparse.Namespace) -> tuple[Path, list[str], Callable[[str], 
     root = args.dir or DEFAULT_REAL
     return (root / "images", list_image_ids(root / "images"),
             lambda i: read_label_file(root / "masks" / f"{i}_predictedmask.png"))
+
+
+def _score(maps: dict, ref: np.ndarray, iou: float, results: dict, image_id: str, resize, agreement) -> None:
+    """Score every map of one image against ``ref``; print the classical and the TTA model's AP."""
+    line = []
+    for name, cells in maps.items():
+        a = agreement(resize(cells, *ref.shape), ref, iou)
+        results.setdefault(name, []).append(a)
+        if name in ("hpa_seg", "ws+tta"):
+            line.append(f"{name} AP {a.ap:.3f} ({a.n_pred}/{a.n_ref})")
+    print(f"{image_id}: " + ", ".join(line), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     images, ids, truth = _images(args)
+    if args.ids is not None:
+        wanted = {line.strip() for line in args.ids.read_text().splitlines() if line.strip()}
+        ids = [i for i in ids if i in wanted]
     if args.limit:
         ids = ids[: args.limit]
     net, cfg = load_watershed(args.model)
@@ -89,18 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         maps = {"hpa_seg": segment(small, None)[0]}
         maps["ws"] = segment_image(net, cfg, small, None, tta=False, params=params)[0]
         maps["ws+tta"] = segment_image(net, cfg, small, None, tta=True, params=params)[0]
+        if args.quick:
+            _score(maps, ref, args.iou, results, image_id, resize_labels, agreement)
+            continue
         maps["ws+tta nuclei markers"] = segment_with_model(small, net, cfg, None, tta=True, markers="nuclei")[0]
         maps["ws+tta (cells with a nucleus)"] = segment_with_model(small, net, cfg, None, tta=True)[0]
         for agreed in ("primary", "other", "intersection"):
             maps[f"fuse primary=ws agreed={agreed}"] = fuse_segmentations(maps["ws+tta"], maps["hpa_seg"], args.iou, agreed)[0]
             maps[f"fuse primary=hpa_seg agreed={agreed}"] = fuse_segmentations(maps["hpa_seg"], maps["ws+tta"], args.iou, agreed)[0]
-        line = []
-        for name, cells in maps.items():
-            a = agreement(resize_labels(cells, *ref.shape), ref, args.iou)
-            results.setdefault(name, []).append(a)
-            if name in ("hpa_seg", "ws+tta"):
-                line.append(f"{name} AP {a.ap:.3f} ({a.n_pred}/{a.n_ref})")
-        print(f"{image_id}: " + ", ".join(line), flush=True)
+        _score(maps, ref, args.iou, results, image_id, resize_labels, agreement)
     print(f"\n| method ({args.mode}, {len(ids)} images, {args.size} px) | pooled AP@{args.iou} | mean AP | mean recall | "
           f"tp | fp | fn |")
     print("|---|---|---|---|---|---|---|")

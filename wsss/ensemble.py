@@ -292,7 +292,7 @@ def fuse_segmentations(primary: np.ndarray, other: np.ndarray, iou_threshold: fl
     every other cell comes from ``primary``, painted only where no agreed cell lies. Returns the
     fused map (``uint16``, ids ``1..n``: agreed cells first) and the number of agreed cells.
     """
-    from wsss.masks import label_overlap, relabel_sequential
+    from wsss.masks import label_iou, relabel_sequential
 
     if agreed not in FUSE_AGREED:
         raise EnsembleError(f"agreed must be one of {FUSE_AGREED}, got {agreed!r}")
@@ -300,14 +300,11 @@ def fuse_segmentations(primary: np.ndarray, other: np.ndarray, iou_threshold: fl
     other = np.asarray(other)
     if primary.shape != other.shape:
         raise EnsembleError(f"label maps differ in shape: {primary.shape} vs {other.shape}")
-    inter, p_ids, o_ids, area_p, area_o = label_overlap(primary, other)
+    ious, p_ids, o_ids = label_iou(primary, other)
     fused = np.zeros(primary.shape, dtype=np.int64)
     n_agreed = 0
     matched_p: set[int] = set()
     if len(p_ids) and len(o_ids):
-        inter = inter.astype(np.float64)
-        union = area_p[:, None] + area_o[None, :] - inter
-        ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         match = greedy_match(ious, iou_threshold)
         for pi in np.flatnonzero(match >= 0):
             pid, oid = int(p_ids[pi]), int(o_ids[match[pi]])

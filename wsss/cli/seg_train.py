@@ -15,33 +15,21 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from wsss.config import ConfigError, apply_overrides, load_config, merge, set_dotted
-from wsss.precision import PRECISION_CHOICES, PrecisionError
+from wsss.cli.train import add_run_arguments, resolve_run_config
+from wsss.config import ConfigError
+from wsss.precision import PrecisionError
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``wsss-seg-train``."""
+    """Argument parser of ``wsss-seg-train`` (the shared training options of ``wsss-train`` plus the truth)."""
     p = argparse.ArgumentParser(prog="wsss-seg-train", description="Train the deep-watershed cell segmenter on one fold.")
-    p.add_argument("--config", type=Path, required=True, help="experiment YAML (e.g. configs/watershed_cpu.yaml)")
-    p.add_argument("--fold", type=int, default=0, help="validation fold of folds.csv (default 0)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--precision", choices=list(PRECISION_CHOICES), help="auto (default) | 16 | bf16 | 32")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--cache", help="override data.cache (images: prepared cache or Kaggle layout)")
-    p.add_argument("--folds", help="override data.folds (wsss-folds output CSV)")
+    add_run_arguments(p, "configs/watershed_cpu.yaml", "loss.w_direction=0.5")
     p.add_argument("--masks", help="override data.masks (instance truth: label-map folder)")
     p.add_argument("--cell-table", help="override data.cell_table (per-cell probabilities for the class head)")
-    p.add_argument("--out", help="run folder (override train.out; {name}, {model}, {fold} are filled in)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
-                   help="continue {out}/last.safetensors (or CKPT); starts fresh if there is none yet")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set loss.w_direction=0.5 (repeatable)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -49,16 +37,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults <- YAML <- ``--set`` <- shortcut flags."""
     from wsss.watershed.defaults import default_config
 
-    cfg = apply_overrides(merge(default_config(), load_config(args.config)), args.overrides)
-    shortcuts = {"train.epochs": args.epochs, "train.precision": args.precision, "train.device": args.device,
-                 "train.out": args.out, "data.cache": args.cache, "data.folds": args.folds, "data.masks": args.masks,
-                 "data.cell_table": args.cell_table}
-    for key, value in shortcuts.items():
-        if value is not None:
-            set_dotted(cfg, key, value)
-    if args.quiet:
-        cfg["train"]["progress"] = False
-    return cfg
+    return resolve_run_config(args, default_config(), {"data.masks": args.masks, "data.cell_table": args.cell_table})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

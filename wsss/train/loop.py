@@ -28,7 +28,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -469,6 +469,16 @@ def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> di
     The device and ``train.precision`` are checked before anything else (:class:`TrainError`,
     :class:`~wsss.precision.PrecisionError`).
     """
+    return run_on_device(cfg, fold, resume, _fit)
+
+
+RunBody = Callable[[dict[str, Any], int, "bool | str | Path", ddp.DistInfo, torch.device, AmpSettings], dict[str, Any]]
+
+
+def run_on_device(cfg: dict[str, Any], fold: int, resume: bool | str | Path, body: RunBody) -> dict[str, Any]:
+    """Resolve the device and ``train.precision`` (:func:`resolve_hardware`), set ``train.threads`` when
+    given, start DDP when launched by ``torchrun``, run ``body(cfg, fold, resume, info, device, amp)`` and
+    always tear DDP down. Shared by every training entry point (classifier, watershed segmenter)."""
     info = ddp.env_info()
     t = cfg["train"]
     try:
@@ -476,9 +486,11 @@ def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> di
     except (RuntimeError, ValueError) as exc:
         raise TrainError(f"device {t.get('device')!r}: {str(exc).splitlines()[0]}") from None
     amp = resolve_hardware(t, device, info)
+    if t.get("threads"):
+        torch.set_num_threads(int(t["threads"]))
     ddp.init_distributed(device, info)
     try:
-        return _fit(cfg, fold, resume, info, device, amp)
+        return body(cfg, fold, resume, info, device, amp)
     finally:
         ddp.cleanup()
 

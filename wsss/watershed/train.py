@@ -1,7 +1,7 @@
 """Training of the watershed model with the classifier's machinery (:mod:`wsss.train`).
 
 The same pieces as ``wsss-train``: folds of ``folds.csv`` (fold ``k`` validates), ``precision: auto``
-through :func:`wsss.train.loop.resolve_hardware`, Adam and the scheduler of
+through :func:`wsss.train.loop.run_on_device` (device, DDP, ``train.threads``), Adam and the scheduler of
 :func:`~wsss.train.loop.build_optimizer`, atomic safetensors checkpoints with the resolved config
 and the resume state (:func:`wsss.train.checkpoint.save_checkpoint`, format
 :data:`wsss.watershed.defaults.FORMAT`), exact resume (:func:`~wsss.train.loop.resolve_resume`,
@@ -30,14 +30,14 @@ from tqdm import tqdm
 
 from wsss.config import save_config
 from wsss.data.folds import read_folds
-from wsss.masks import greedy_match, label_overlap
+from wsss.masks import greedy_match, label_iou
 from wsss.precision import AmpSettings, autocast, make_scaler
 from wsss.train import ddp
 from wsss.train.checkpoint import save_checkpoint
 from wsss.train.logs import write_history_csv, plot_curves
 from wsss.train.loop import (
     TrainError, TrainState, _resume, _resume_state, _worker_init, build_optimizer, epoch_seed,
-    resolve_hardware, resolve_out_dir, resolve_resume, seed_everything,
+    resolve_out_dir, resolve_resume, run_on_device, seed_everything,
 )
 from wsss.watershed.data import WatershedDataset, cell_probabilities
 from wsss.watershed.defaults import FORMAT
@@ -54,12 +54,9 @@ CURVE_TERMS: tuple[str, ...] = ("total", "semantic", "energy", "direction")
 
 def ap_at(pred: np.ndarray, ref: np.ndarray, iou: float = 0.6) -> tuple[int, int, int]:
     """``(tp, fp, fn)`` of two label maps matched one-to-one at ``iou`` (the :mod:`wsss.masks` matcher)."""
-    inter, p_ids, r_ids, area_p, area_r = label_overlap(pred, ref)
+    ious, p_ids, r_ids = label_iou(pred, ref)
     if len(p_ids) == 0 or len(r_ids) == 0:
         return 0, len(p_ids), len(r_ids)
-    inter = inter.astype(np.float64)
-    union = area_p[:, None] + area_r[None, :] - inter
-    ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     tp = int((greedy_match(ious, iou) >= 0).sum())
     return tp, len(p_ids) - tp, len(r_ids) - tp
 
@@ -179,20 +176,7 @@ def evaluate(net: torch.nn.Module, loader: DataLoader, amp: AmpSettings, device:
 
 def fit_watershed(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> dict[str, Any]:
     """Train the watershed model on fold ``fold`` with the resolved config; returns a summary dict."""
-    info = ddp.env_info()
-    t = cfg["train"]
-    try:
-        device = ddp.resolve_device(None if t.get("device") is None else str(t.get("device")), info)
-    except (RuntimeError, ValueError) as exc:
-        raise TrainError(f"device {t.get('device')!r}: {str(exc).splitlines()[0]}") from None
-    amp = resolve_hardware(t, device, info)
-    if t.get("threads"):
-        torch.set_num_threads(int(t["threads"]))
-    ddp.init_distributed(device, info)
-    try:
-        return _fit(cfg, fold, resume, info, device, amp)
-    finally:
-        ddp.cleanup()
+    return run_on_device(cfg, fold, resume, _fit)
 
 
 def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.DistInfo, device: torch.device,

@@ -10,9 +10,13 @@ resolution (factor 1 or 1.5 for a 3072 px image).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 REFERENCE_SIDE: int = 2048
+#: typical cell and nucleus diameters (px) at the reference field of view, the scale the parameters are tuned for
+REFERENCE_CELL_DIAMETER: float = 360.0
+REFERENCE_NUCLEUS_DIAMETER: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,21 @@ def scale_factor(shape: tuple[int, ...], reference_side: int = REFERENCE_SIDE) -
     """Linear factor from the reference field of view to an image of ``shape`` (H, W, ...)."""
     side = math.sqrt(float(shape[0]) * float(shape[1]))
     return side / float(reference_side)
+
+
+def diameter_factor(diameter: float) -> float:
+    """Linear factor for an expected cell ``diameter`` in px at the working scale (cellpose's convention)."""
+    if not diameter or diameter <= 0:
+        raise ValueError(f"diameter must be a positive number of px, got {diameter!r}")
+    return float(diameter) / REFERENCE_CELL_DIAMETER
+
+
+def nucleus_factor(nucleus_areas: Sequence[float]) -> float | None:
+    """Linear factor estimated from measured nucleus areas (px^2): median equivalent diameter over the
+    reference nucleus diameter; ``None`` without nuclei."""
+    areas = [float(a) for a in nucleus_areas if a > 0]
+    if not areas:
+        return None
+    areas.sort()
+    median = areas[len(areas) // 2]
+    return 2.0 * math.sqrt(median / math.pi) / REFERENCE_NUCLEUS_DIAMETER

@@ -31,7 +31,7 @@ from wsss.viz import save_png
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "segment_config.json"
-COMPARED_SETTINGS: tuple[str, ...] = ("size", "border", "masks", "params", "model", "tta", "markers")
+COMPARED_SETTINGS: tuple[str, ...] = ("size", "border", "masks", "params", "model", "tta", "markers", "diameter")
 
 
 class SegmentRunError(RuntimeError):
@@ -54,6 +54,7 @@ class Task:
     model: str | None = None  # a wsss-seg-train checkpoint: cells from the watershed model
     tta: bool = True
     markers: str = "cores"
+    diameter: float | str | None = None  # expected cell diameter (px) or "auto"; None = from the image side
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def run_task(task: Task) -> Result:
             net, cfg = _watershed_model(task.model)
             cells, nuclei = segment_with_model(rgby, net, cfg, task.size, params, task.border, task.tta, task.markers)
         else:
-            cells, nuclei = segment(rgby, task.size, params, task.border)
+            cells, nuclei = segment(rgby, task.size, params, task.border, task.diameter)
         save_label_maps(task.out_path, cells, nuclei, orig_hw)
         return Result(task.image_id, int(cells.max(initial=0)))
     except Exception as exc:  # noqa: BLE001 - every failure is reported by id and the run goes on
@@ -147,16 +148,18 @@ def check_config(out: Path, config: dict, overwrite: bool) -> None:
 
 def pending_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],
                   size: int | None, border: str, masks: Path | None, params: dict, overwrite: bool,
-                  model: Path | None = None, tta: bool = True, markers: str = "cores") -> list[Task]:
+                  model: Path | None = None, tta: bool = True, markers: str = "cores",
+                  diameter: float | str | None = None) -> list[Task]:
     """The tasks of the ids still to do (all with ``overwrite``; finished ids are skipped, logged).
 
-    ``model`` (a watershed checkpoint), ``tta`` and ``markers``: see :func:`hpa_seg.pipeline.segment_with_model`.
+    ``model`` (a watershed checkpoint), ``tta`` and ``markers``: see :func:`hpa_seg.pipeline.segment_with_model`;
+    ``diameter``: see :func:`hpa_seg.pipeline.segment`.
     """
     todo = [i for i in ids if overwrite or not (out / f"{i}.npz").is_file()]
     if len(todo) < len(ids):
         logger.info("%d of %d ids already done in %s (skipped)", len(ids) - len(todo), len(ids), out)
     return [Task(i, str(out / f"{i}.npz"), kind, str(root), orig_sizes.get(i), size, border,
-                 str(masks) if masks else None, params, str(model) if model else None, tta, markers) for i in todo]
+                 str(masks) if masks else None, params, str(model) if model else None, tta, markers, diameter) for i in todo]
 
 
 def write_overlays(kind: str, root: Path, known_ids: list[str], out: Path, ids: list[str]) -> list[str]:

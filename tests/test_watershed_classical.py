@@ -55,3 +55,23 @@ def test_dim_nuclei_next_to_bright_ones_are_kept_by_the_adaptive_rule() -> None:
 
 def test_the_default_is_unchanged() -> None:
     assert SegParams().nuc_local_fraction == 0.0
+
+
+@pytest.mark.timeout(120)
+def test_diameter_follows_cellpose_convention_and_auto_estimates_it() -> None:
+    from hpa_seg import segment
+    from hpa_seg.evaluate import agreement
+    from hpa_seg.params import REFERENCE_CELL_DIAMETER
+    from hpa_seg.pipeline import resolve_factor
+    from wsss.data.synth import SynthOptions, render_image
+
+    img = render_image(SynthOptions(size=256, seed=2, cells_min=6, cells_max=10), 0)
+    by_size = segment(img.rgby, None)[0]
+    # the diameter that the size-based scale implies gives the same maps
+    same = segment(img.rgby, None, diameter=REFERENCE_CELL_DIAMETER * 256 / 2048)[0]
+    assert np.array_equal(by_size, same)
+    # auto: estimated from the nuclei, close to the size-based scale on a field with typical cells
+    factor = resolve_factor(img.rgby[:, :, 2], SegParams(), "auto")
+    assert 0.6 < factor / (256 / 2048) < 1.6
+    auto = segment(img.rgby, None, diameter="auto")[0]
+    assert agreement(auto, img.cells).ap >= agreement(by_size, img.cells).ap - 0.15

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep cells touching the image border (flagged in the file) or drop them")
     p.add_argument("--masks", type=Path, default=None,
                    help="folder of precomputed label maps to use instead of segmenting (see wsss.masks.files)")
+    p.add_argument("--diameter", default=None, metavar="PX|auto",
+                   help="expected cell diameter in px at the working size (cellpose's convention), or 'auto' "
+                        "(estimated from the nuclei); default: sizes follow the image side")
     p.add_argument("--model", type=Path, default=None, metavar="CKPT",
                    help="a wsss-seg-train checkpoint: cells from the trained watershed model (nuclei stay classical)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
@@ -90,6 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _diameter(value: str | None) -> float | str | None:
+    """``--diameter``: ``None``, ``"auto"`` or a positive number of px."""
+    if value is None or value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise SegmentCliError(f"--diameter {value!r}: expected a number of px or 'auto'") from None
+    if number <= 0:
+        raise SegmentCliError(f"--diameter {value!r}: must be positive")
+    return number
+
+
 def _check_model(path: Path) -> None:
     """Refuse a ``--model`` that is not a readable watershed checkpoint (one line, before any work)."""
     from wsss.train.checkpoint import CheckpointError, read_metadata  # noqa: PLC0415
@@ -120,6 +136,7 @@ def _main(args: argparse.Namespace) -> int:
         _check_model(args.model)
     size = args.size or None
     params = parse_params(args.param)
+    diameter = _diameter(args.diameter)
     if not args.images.is_dir():
         raise SegmentCliError(f"{args.images}: not a folder")
     source = ImageSource(args.images)
@@ -137,12 +154,13 @@ def _main(args: argparse.Namespace) -> int:
     config = {"images": str(args.images.resolve()), "layout": source.kind, "size": size, "border": args.border,
               "masks": str(args.masks.resolve()) if args.masks else None,
               "params": asdict(SegParams().with_overrides(**params)),
+              "diameter": diameter,
               "model": str(args.model.resolve()) if args.model else None,
               "tta": bool(args.tta) if args.model else None, "markers": args.markers if args.model else None}
     run.check_config(out, config, args.overwrite)
 
     tasks = run.pending_tasks(ids, out, source.kind, source.root, source.sizes, size, args.border, args.masks,
-                              params, args.overwrite, args.model, bool(args.tta), args.markers)
+                              params, args.overwrite, args.model, bool(args.tta), args.markers, diameter)
     results = run.run_tasks(tasks, args.workers, progress=not args.quiet)
 
     failed = [r for r in results if r.error]

@@ -8,7 +8,7 @@ original image (``segment(rgby_full, size=512)``), and is also given without it.
     python scripts/bench_seg.py [--images ../shared/data/hpa_sample/images] [--repeat 3]
     python scripts/bench_seg.py --model RUN/best.safetensors   # also the watershed model, as ratios
 
-With ``--model`` (a ``wsss-seg-train`` checkpoint, torch on one thread) every image is also timed
+With ``--model`` (a ``wsss-seg-train`` checkpoint, torch on one thread) every image is instead timed
 at the working size through the network without and with flip TTA and through the post-processing
 alone, each printed as a ratio to the classical segmenter measured in the same run (CPU seconds).
 """
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         ids = ids[: args.limit]
     print(f"images: {args.images} ({len(ids)}), repeat {args.repeat}, threads: cv2 {cv2.getNumThreads()}, "
           f"OMP {os.environ['OMP_NUM_THREADS']}")
+    if args.model is not None:
+        bench_model(args, ids)
+        return 0
     print(f"{'id':<38} {'side':>5} {'cells@' + str(args.size):>9} {'cells@full':>10} {'resize s':>9} "
           f"{'seg@' + str(args.size) + ' s':>10} {'total@' + str(args.size) + ' s':>12} {'(cpu)':>7} {'full s':>8} "
           f"{'(cpu)':>7} {'ratio':>7}")
@@ -90,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((rgby.shape[0], t_resize, t_seg, t_total, t_full, c_total, c_full))
         print(f"{image_id:<38} {rgby.shape[0]:>5} {n_small:>9} {n_full:>10} {t_resize:>9.4f} {t_seg:>10.4f} "
               f"{t_total:>12.4f} {c_total:>7.4f} {t_full:>8.3f} {c_full:>7.3f} {t_full / t_total:>6.1f}x")
-    if args.model is not None:
-        bench_model(args, ids)
     for label, sel in (("all", rows), ("2048 px", [r for r in rows if r[0] == 2048])):
         if not sel:
             continue

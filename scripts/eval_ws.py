@@ -6,7 +6,8 @@ Two modes:
   segmented at ``--size`` by ``hpa_seg`` and by the model (TTA off/on, markers from the model's
   cores or from the classical nuclei) and scored against ``DIR/masks/{ID}_cells.png``; the
   segmentation-level fusions (:func:`wsss.ensemble.fuse_segmentations`: agreed cells kept, the rest
-  from a primary) are scored too;
+  from a primary; agreed masks from the other segmenter or the intersection; with agreed masks taken
+  from the primary the fusion is the primary itself) are scored too;
 * ``real --model CKPT``: the real fields of view of ``../shared/data/hpa_sample`` (reference masks
   from HPA-Cell-Segmentation); maps are resized to the reference's size by nearest neighbour.
 
@@ -110,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         maps["ws+tta nuclei markers"] = segment_with_model(small, net, cfg, None, tta=True, markers="nuclei")[0]
         maps["ws+tta (cells with a nucleus)"] = segment_with_model(small, net, cfg, None, tta=True)[0]
-        for agreed in ("primary", "other", "intersection"):
-            maps[f"fuse primary=ws agreed={agreed}"] = fuse_segmentations(maps["ws+tta"], maps["hpa_seg"], args.iou, agreed)[0]
-            maps[f"fuse primary=hpa_seg agreed={agreed}"] = fuse_segmentations(maps["hpa_seg"], maps["ws+tta"], args.iou, agreed)[0]
+        for ws_name in ("ws+tta", "ws+tta nuclei markers"):
+            for agreed in ("other", "intersection"):
+                maps[f"fuse primary={ws_name} agreed={agreed}"] = fuse_segmentations(
+                    maps[ws_name], maps["hpa_seg"], args.iou, agreed)[0]
+                maps[f"fuse primary=hpa_seg ({ws_name}) agreed={agreed}"] = fuse_segmentations(
+                    maps["hpa_seg"], maps[ws_name], args.iou, agreed)[0]
         _score(maps, ref, args.iou, results, image_id, resize_labels, agreement)
     print(f"\n| method ({args.mode}, {len(ids)} images, {args.size} px) | pooled AP@{args.iou} | mean AP | mean recall | "
           f"tp | fp | fn |")

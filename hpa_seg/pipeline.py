@@ -99,12 +99,12 @@ def segment_with_masks(rgby: np.ndarray, mask_dir: str | os.PathLike[str], image
 
 
 def segment_with_model(rgby: np.ndarray, model: object, cfg: dict, size: int | None = 512, params: SegParams | None = None,
-                       border: str = "keep", tta: bool = True, markers: str = "cores") -> tuple[np.ndarray, np.ndarray]:
+                       border: str = "keep", tta: bool = True, markers: str = "nuclei") -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`segment`, but the cells come from a trained watershed model (``wsss-seg-train``).
 
     ``model``/``cfg`` as returned by :func:`wsss.watershed.predict.load_watershed`. The nuclei are
-    the classical ones (blue channel); ``markers="nuclei"`` also seeds the watershed with them
-    (``"cores"``: the model's own high-energy cores). Each cell's nuclear pixels carry its id and
+    the classical ones (blue channel); ``markers="nuclei"`` (default, measured better in
+    docs/watershed.md) also seeds the watershed with them (``"cores"``: the model's own high-energy cores). Each cell's nuclear pixels carry its id and
     cells without a nucleus are dropped, so the maps keep the ``(cells, nuclei)`` contract.
     """
     from hpa_seg.postprocess import assign_nuclei_to_cells

@@ -53,7 +53,7 @@ class Task:
     params: dict
     model: str | None = None  # a wsss-seg-train checkpoint: cells from the watershed model
     tta: bool = True
-    markers: str = "cores"
+    markers: str = "nuclei"
     diameter: float | str | None = None  # expected cell diameter (px) or "auto"; None = from the image side
 
 
@@ -148,7 +148,7 @@ def check_config(out: Path, config: dict, overwrite: bool) -> None:
 
 def pending_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],
                   size: int | None, border: str, masks: Path | None, params: dict, overwrite: bool,
-                  model: Path | None = None, tta: bool = True, markers: str = "cores",
+                  model: Path | None = None, tta: bool = True, markers: str = "nuclei",
                   diameter: float | str | None = None) -> list[Task]:
     """The tasks of the ids still to do (all with ``overwrite``; finished ids are skipped, logged).
 

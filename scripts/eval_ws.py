@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             _score(maps, ref, args.iou, results, image_id, resize_labels, agreement)
             continue
         maps["ws+tta nuclei markers"] = segment_with_model(small, net, cfg, None, tta=True, markers="nuclei")[0]
-        maps["ws+tta (cells with a nucleus)"] = segment_with_model(small, net, cfg, None, tta=True)[0]
+        maps["ws+tta (cells with a nucleus)"] = segment_with_model(small, net, cfg, None, tta=True, markers="cores")[0]
         for ws_name in ("ws+tta", "ws+tta nuclei markers"):
             for agreed in ("other", "intersection"):
                 maps[f"fuse primary={ws_name} agreed={agreed}"] = fuse_segmentations(

@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a wsss-seg-train checkpoint: cells from the trained watershed model (nuclei stay classical)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                    help="with --model: average the 4 flips before the watershed")
-    p.add_argument("--markers", choices=("cores", "nuclei"), default="cores",
-                   help="with --model: seeds from the model's high-energy cores or from the classical nuclei")
+    p.add_argument("--markers", choices=("cores", "nuclei"), default="nuclei",
+                   help="with --model: seeds from the classical nuclei (measured better, docs/watershed.md) "
+                        "or from the model's high-energy cores")
     p.add_argument("--overlay", nargs="+", default=[], metavar="ID",
                    help="write OUT/overlays/{ID}.png for these ids ('all' for every id)")
     p.add_argument("--ids", nargs="+", default=None, metavar="ID", help="only these ids")

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from wsss.masks import greedy_match, label_overlap
+from wsss.masks import greedy_match, label_iou
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Agreement:
 def match_instances(pred: np.ndarray, ref: np.ndarray, iou: float = 0.6) -> Match:
     """Match the instances of two label maps of the same shape at an IoU threshold.
 
-    IoUs come from the one overlap kernel (:func:`wsss.masks.label_overlap`), pairs from the one
+    IoUs come from the one overlap kernel (:func:`wsss.masks.label_iou`), pairs from the one
     matcher (:func:`wsss.masks.greedy_match`: one-to-one, in decreasing IoU order; above 0.5 that
     is simply every pair at or over the threshold). Returns the matched ``(pred id, ref id)``
     pairs with their IoU, in the order of the predicted ids.
@@ -71,14 +71,11 @@ def match_instances(pred: np.ndarray, ref: np.ndarray, iou: float = 0.6) -> Matc
     ref = np.asarray(ref)
     if pred.shape != ref.shape:
         raise ValueError(f"label maps differ in shape: pred {pred.shape} vs ref {ref.shape}")
-    inter, p_ids, r_ids, area_p, area_r = label_overlap(pred, ref)
+    ious, p_ids, r_ids = label_iou(pred, ref)
     n_p, n_r = len(p_ids), len(r_ids)
     empty = np.zeros(0, dtype=np.int64)
     if n_p == 0 or n_r == 0:
         return Match(empty, empty, np.zeros(0), n_p, n_r)
-    inter = inter.astype(np.float64)
-    union = area_p[:, None] + area_r[None, :] - inter
-    ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     match = greedy_match(ious, iou)
     pi = np.flatnonzero(match >= 0)
     ri = match[pi]

@@ -51,16 +51,35 @@ def disk(radius: float) -> np.ndarray:
 def nucleus_foreground(blue: np.ndarray, params: SegParams, factor: float) -> np.ndarray:
     """Binary nucleus foreground of a blue channel (``0..255``) at linear scale ``factor``.
 
-    Smoothing, threshold at ``nuc_threshold_scale`` x Otsu (at least ``nuc_min_level``), hole
-    filling, removal of specks below half the minimum nucleus area.
+    Smoothing, threshold at ``nuc_threshold_scale`` x Otsu (at least ``nuc_min_level``), or the
+    adaptive rule of :func:`adaptive_foreground` when ``nuc_local_fraction > 0``; hole filling,
+    removal of specks below half the minimum nucleus area.
     """
     sm = smooth(blue, params.nuc_sigma * factor)
-    level = max(params.nuc_min_level, params.nuc_threshold_scale * otsu_level(sm))
-    mask = sm > level
+    if params.nuc_local_fraction > 0:
+        mask = adaptive_foreground(sm, params.nuc_local_fraction, params.nuc_local_radius * factor, params.nuc_min_level)
+    else:
+        level = max(params.nuc_min_level, params.nuc_threshold_scale * otsu_level(sm))
+        mask = sm > level
     if not mask.any():
         return mask
     mask = fill_holes(mask)
     return remove_small_objects(mask, 0.5 * params.nuc_min_area * factor**2)
+
+
+def adaptive_foreground(sm: np.ndarray, fraction: float, radius: float, min_level: float) -> np.ndarray:
+    """Foreground where the background-corrected signal exceeds ``fraction`` of its local peak.
+
+    Background: a grey opening with a disk of ``2 x radius`` (wider than any nucleus); local peak:
+    the maximum of the corrected signal within ``radius``. Pixels must also rise above the
+    background by ``min_level`` and by a quarter of the corrected signal's Otsu level (so residues
+    of the background estimate, e.g. at the corners of a bright patch, stay background).
+    """
+    background = cv2.morphologyEx(sm, cv2.MORPH_OPEN, disk(2.0 * radius))
+    signal = sm - background
+    peak = cv2.dilate(signal, disk(radius))
+    floor = max(float(min_level), 0.25 * otsu_level(signal))
+    return (signal > fraction * peak) & (signal > floor)
 
 
 def split_touching(mask: np.ndarray, split_h: float, neck_ratio: float) -> np.ndarray:

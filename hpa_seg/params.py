@@ -10,9 +10,13 @@ resolution (factor 1 or 1.5 for a 3072 px image).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 REFERENCE_SIDE: int = 2048
+#: typical cell and nucleus diameters (px) at the reference field of view, the scale the parameters are tuned for
+REFERENCE_CELL_DIAMETER: float = 360.0
+REFERENCE_NUCLEUS_DIAMETER: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,12 @@ class SegParams:
         nuc_split_ratio: two touching parts are kept apart only when the neck between them is
             narrower than this fraction of the smaller part's radius (otherwise merged back,
             which keeps lobed nuclei whole).
+        nuc_local_fraction: 0 (default) keeps the global ``nuc_threshold_scale x Otsu`` rule; a
+            value in (0, 1) switches to an adaptive foreground: the blue channel minus its
+            background (a grey opening of radius ``2 x nuc_local_radius``) must exceed this
+            fraction of its own local peak (maximum within ``nuc_local_radius``), so dim nuclei
+            next to bright ones, uneven background and bright gaps between nuclei are handled.
+        nuc_local_radius: radius of the local-peak window (about a nucleus diameter).
     Cells (red + yellow cytoplasm):
         cell_sigma: Gaussian smoothing of the cytoplasm signal.
         cell_threshold_scale: the foreground threshold is ``background + scale * (otsu - background)``,
@@ -51,6 +61,8 @@ class SegParams:
     nuc_min_area: float = 2500.0
     nuc_split_h: float = 12.0
     nuc_split_ratio: float = 0.75
+    nuc_local_fraction: float = 0.0
+    nuc_local_radius: float = 80.0
     cell_sigma: float = 8.0
     cell_threshold_scale: float = 0.15
     cell_background_percentile: float = 5.0
@@ -73,3 +85,21 @@ def scale_factor(shape: tuple[int, ...], reference_side: int = REFERENCE_SIDE) -
     """Linear factor from the reference field of view to an image of ``shape`` (H, W, ...)."""
     side = math.sqrt(float(shape[0]) * float(shape[1]))
     return side / float(reference_side)
+
+
+def diameter_factor(diameter: float) -> float:
+    """Linear factor for an expected cell ``diameter`` in px at the working scale (cellpose's convention)."""
+    if not diameter or diameter <= 0:
+        raise ValueError(f"diameter must be a positive number of px, got {diameter!r}")
+    return float(diameter) / REFERENCE_CELL_DIAMETER
+
+
+def nucleus_factor(nucleus_areas: Sequence[float]) -> float | None:
+    """Linear factor estimated from measured nucleus areas (px^2): median equivalent diameter over the
+    reference nucleus diameter; ``None`` without nuclei."""
+    areas = [float(a) for a in nucleus_areas if a > 0]
+    if not areas:
+        return None
+    areas.sort()
+    median = areas[len(areas) // 2]
+    return 2.0 * math.sqrt(median / math.pi) / REFERENCE_NUCLEUS_DIAMETER

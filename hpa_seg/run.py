@@ -21,7 +21,7 @@ import cv2
 
 from hpa_seg.overlay import draw_segmentation
 from hpa_seg.params import SegParams
-from hpa_seg.pipeline import segment, segment_with_masks
+from hpa_seg.pipeline import segment, segment_with_masks, segment_with_model
 from wsss.data.io import ImageReadError
 from wsss.data.source import read_image
 from wsss.fileio import ResumeError, changed_settings, read_record, write_json
@@ -31,7 +31,7 @@ from wsss.viz import save_png
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "segment_config.json"
-COMPARED_SETTINGS: tuple[str, ...] = ("size", "border", "masks", "params")
+COMPARED_SETTINGS: tuple[str, ...] = ("size", "border", "masks", "params", "model", "tta", "markers", "diameter")
 
 
 class SegmentRunError(RuntimeError):
@@ -51,6 +51,10 @@ class Task:
     border: str
     masks: str | None
     params: dict
+    model: str | None = None  # a wsss-seg-train checkpoint: cells from the watershed model
+    tta: bool = True
+    markers: str = "nuclei"
+    diameter: float | str | None = None  # expected cell diameter (px) or "auto"; None = from the image side
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,18 @@ class Result:
     image_id: str
     n_cells: int = 0
     error: str | None = None
+
+
+_MODELS: dict[str, tuple] = {}
+
+
+def _watershed_model(path: str) -> tuple:
+    """The watershed model of a checkpoint, loaded once per process (CPU)."""
+    if path not in _MODELS:
+        from wsss.watershed.predict import load_watershed
+
+        _MODELS[path] = load_watershed(path, "cpu")
+    return _MODELS[path]
 
 
 def _init_worker() -> None:
@@ -76,8 +92,11 @@ def run_task(task: Task) -> Result:
         if task.masks:
             cells, nuclei = segment_with_masks(rgby, task.masks, task.image_id, task.size, params, task.border,
                                                orig_hw=orig_hw)
+        elif task.model:
+            net, cfg = _watershed_model(task.model)
+            cells, nuclei = segment_with_model(rgby, net, cfg, task.size, params, task.border, task.tta, task.markers)
         else:
-            cells, nuclei = segment(rgby, task.size, params, task.border)
+            cells, nuclei = segment(rgby, task.size, params, task.border, task.diameter)
         save_label_maps(task.out_path, cells, nuclei, orig_hw)
         return Result(task.image_id, int(cells.max(initial=0)))
     except Exception as exc:  # noqa: BLE001 - every failure is reported by id and the run goes on
@@ -129,17 +148,21 @@ def check_config(out: Path, config: dict, overwrite: bool) -> None:
 
 
 def pending_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],
-                  size: int | None, border: str, masks: Path | None, params: dict, overwrite: bool) -> list[Task]:
+                  size: int | None, border: str, masks: Path | None, params: dict, overwrite: bool,
+                  model: Path | None = None, tta: bool = True, markers: str = "nuclei",
+                  diameter: float | str | None = None) -> list[Task]:
     """The tasks of the ids still to do (all with ``overwrite``; finished ids are skipped, logged).
 
     An id is finished when its ``{ID}.npz`` is a label-map file that opens and holds every array
     of the format (:func:`wsss.masks.is_label_map_file`); a zero-byte or truncated file is redone.
+    ``model`` (a watershed checkpoint), ``tta`` and ``markers``: see :func:`hpa_seg.pipeline.segment_with_model`;
+    ``diameter``: see :func:`hpa_seg.pipeline.segment`.
     """
     todo = [i for i in ids if overwrite or not is_label_map_file(out / f"{i}.npz")]
     if len(todo) < len(ids):
         logger.info("%d of %d ids already done in %s (skipped)", len(ids) - len(todo), len(ids), out)
     return [Task(i, str(out / f"{i}.npz"), kind, str(root), orig_sizes.get(i), size, border,
-                 str(masks) if masks else None, params) for i in todo]
+                 str(masks) if masks else None, params, str(model) if model else None, tta, markers, diameter) for i in todo]
 
 
 def write_overlays(kind: str, root: Path, known_ids: list[str], out: Path, ids: list[str]) -> list[str]:

@@ -6,6 +6,11 @@ full / 512. Reading the PNG files is not timed; the 512 figure includes the resi
 original image (``segment(rgby_full, size=512)``), and is also given without it.
 
     python scripts/bench_seg.py [--images ../shared/data/hpa_sample/images] [--repeat 3]
+    python scripts/bench_seg.py --model RUN/best.safetensors   # also the watershed model, as ratios
+
+With ``--model`` (a ``wsss-seg-train`` checkpoint, torch on one thread) every image is instead timed
+at the working size through the network without and with flip TTA and through the post-processing
+alone, each printed as a ratio to the classical segmenter measured in the same run (CPU seconds).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="timed runs per image and scale (median kept)")
     p.add_argument("--size", type=int, default=512, help="working size")
     p.add_argument("--limit", type=int, default=0, help="use only the first N ids (0 = all)")
+    p.add_argument("--model", type=Path, default=None, help="a wsss-seg-train checkpoint to time against hpa_seg")
     return p
 
 
@@ -68,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         ids = ids[: args.limit]
     print(f"images: {args.images} ({len(ids)}), repeat {args.repeat}, threads: cv2 {cv2.getNumThreads()}, "
           f"OMP {os.environ['OMP_NUM_THREADS']}")
+    if args.model is not None:
+        bench_model(args, ids)
+        return 0
     print(f"{'id':<38} {'side':>5} {'cells@' + str(args.size):>9} {'cells@full':>10} {'resize s':>9} "
           f"{'seg@' + str(args.size) + ' s':>10} {'total@' + str(args.size) + ' s':>12} {'(cpu)':>7} {'full s':>8} "
           f"{'(cpu)':>7} {'ratio':>7}")
@@ -93,6 +102,36 @@ def main(argv: list[str] | None = None) -> int:
               f"full resolution {m[3]:.3f} s/img (cpu {m[5]:.3f}), ratio full/{args.size} {m[3] / m[2]:.1f}x "
               f"(cpu {m[5] / m[4]:.1f}x)")
     return 0
+
+
+def bench_model(args: argparse.Namespace, ids: list[str]) -> None:
+    """CPU seconds per image of the watershed model (network, TTA network, post-processing) / hpa_seg, same run."""
+    import torch
+
+    from hpa_seg import segment
+    from hpa_seg.pipeline import to_working_scale
+    from wsss.data.io import read_rgby
+    from wsss.watershed.postprocess import postprocess
+    from wsss.watershed.predict import image_tensor, load_watershed, post_params, predict_probs
+
+    torch.set_num_threads(1)
+    net, cfg = load_watershed(args.model)
+    params = post_params(cfg)
+    ratios: dict[str, list[float]] = {"network": [], "network+tta": [], "post": [], "total": [], "total+tta": []}
+    print(f"watershed model {args.model}: CPU s per image at {args.size} as a ratio to hpa_seg (same run, 1 thread)")
+    for image_id in ids:
+        small = to_working_scale(read_rgby(args.images, image_id), args.size)
+        x = image_tensor(small, cfg, None)
+        _, c_classic = timed(lambda: segment(small, None), args.repeat)
+        _, c_net = timed(lambda: predict_probs(net, x, False), args.repeat)
+        _, c_tta = timed(lambda: predict_probs(net, x, True), args.repeat)
+        probs = {k: v[0].numpy() for k, v in predict_probs(net, x, False).items()}
+        _, c_post = timed(lambda: postprocess(probs["semantic"], probs["energy"], params), args.repeat)
+        for key, value in (("network", c_net), ("network+tta", c_tta), ("post", c_post),
+                           ("total", c_net + c_post), ("total+tta", c_tta + c_post)):
+            ratios[key].append(value / c_classic)
+        print(f"{image_id:<38} hpa_seg {c_classic:.4f} s cpu; " + ", ".join(f"{k} {v[-1]:.1f}x" for k, v in ratios.items()))
+    print("mean ratio to hpa_seg: " + ", ".join(f"{k} {statistics.mean(v):.1f}x" for k, v in ratios.items()))
 
 
 if __name__ == "__main__":

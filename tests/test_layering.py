@@ -18,7 +18,7 @@ LAYERS: list[list[str]] = [
     ["wsss.schema", "wsss.tables", "wsss.config", "wsss.losses", "wsss.models"],
     ["wsss.submission"],
     ["wsss.metrics"],
-    ["wsss.train", "hpa_seg"],
+    ["wsss.train", "wsss.watershed", "hpa_seg"],
     ["wsss.infer"],
     ["wsss.ensemble"],
     ["wsss.cli"],

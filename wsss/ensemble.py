@@ -302,3 +302,41 @@ __all__: Sequence[str] = [
     "METHODS", "MATCH_MODES", "UNMATCHED_POLICIES", "IOU_THRESHOLD", "EnsembleError", "Source", "read_source",
     "rank_scores", "combine", "greedy_match", "align", "ensemble", "naive_cells_from_images",
 ]
+
+
+FUSE_AGREED: tuple[str, ...] = ("primary", "other", "union", "intersection")
+
+
+def fuse_segmentations(primary: np.ndarray, other: np.ndarray, iou_threshold: float = IOU_THRESHOLD,
+                       agreed: str = "primary") -> tuple[np.ndarray, int]:
+    """Segmentation-level fusion of two cell label maps of the same shape.
+
+    Cells both segmentations agree on (matched one-to-one by IoU >= ``iou_threshold``) are kept,
+    their mask taken from ``agreed`` (``primary``, ``other``, their ``union`` or ``intersection``);
+    every other cell comes from ``primary``, painted only where no agreed cell lies. Returns the
+    fused map (``uint16``, ids ``1..n``: agreed cells first) and the number of agreed cells.
+    """
+    from wsss.masks import label_iou, relabel_sequential
+
+    if agreed not in FUSE_AGREED:
+        raise EnsembleError(f"agreed must be one of {FUSE_AGREED}, got {agreed!r}")
+    primary = np.asarray(primary)
+    other = np.asarray(other)
+    if primary.shape != other.shape:
+        raise EnsembleError(f"label maps differ in shape: {primary.shape} vs {other.shape}")
+    ious, p_ids, o_ids = label_iou(primary, other)
+    fused = np.zeros(primary.shape, dtype=np.int64)
+    n_agreed = 0
+    matched_p: set[int] = set()
+    if len(p_ids) and len(o_ids):
+        match = greedy_match(ious, iou_threshold)
+        for pi in np.flatnonzero(match >= 0):
+            pid, oid = int(p_ids[pi]), int(o_ids[match[pi]])
+            in_p, in_o = primary == pid, other == oid
+            mask = {"primary": in_p, "other": in_o, "union": in_p | in_o, "intersection": in_p & in_o}[agreed]
+            n_agreed += 1
+            fused[mask & (fused == 0)] = n_agreed
+            matched_p.add(pid)
+    rest = (primary > 0) & ~np.isin(primary, list(matched_p)) & (fused == 0)
+    fused[rest] = primary[rest].astype(np.int64) + n_agreed
+    return relabel_sequential(fused).astype(np.uint16), n_agreed

@@ -24,11 +24,21 @@ logger = logging.getLogger(__name__)
 PROG = "wsss-infer"
 
 
+def _stage(value: str) -> int | str:
+    """``--stage``: 1, 2 or ``ws``."""
+    if value in ("1", "2"):
+        return int(value)
+    if value == "ws":
+        return value
+    raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from 1, 2, ws)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``wsss-infer``."""
     p = argparse.ArgumentParser(prog=PROG, description="Two-stage per-cell inference (CAM x masks; cell crops).",
                                 epilog=EXIT_EPILOG)
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: CAM x cell masks; 2: cell crops")
+    p.add_argument("--stage", type=_stage, required=True,
+                   help="1: CAM x cell masks; 2: cell crops; ws: the watershed model's class head (--ckpt from wsss-seg-train)")
     p.add_argument("--ckpt", required=True,
                    help="checkpoint file or run folder (best, else last); '{fold}' is replaced by --fold")
     p.add_argument("--images", type=Path, required=True, help="prepared cache (manifest.csv) or Kaggle-layout folder")
@@ -106,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     device = resolve_device(cfg["device"])  # before loading: a bad --device is a one-line error
     ckpt = resolve_checkpoint(args.ckpt, args.fold)
+    if args.stage == "ws":
+        return _run_ws(args, cfg, ckpt, device)
     images = ImageSource(args.images)
     ids = [] if args.overlay_only else select_ids(args, images.list_ids())  # bad folds/ids: refused before work
     masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
@@ -140,6 +152,25 @@ def _run(args: argparse.Namespace) -> int:
         for path in pics:
             print(f"  picture: {path}")
     return code
+
+
+def _run_ws(args: argparse.Namespace, cfg: dict[str, Any], ckpt: Any, device: Any) -> int:
+    """``--stage ws``: the watershed class head's mean probability in every cell (:mod:`wsss.infer.watershed_stage`)."""
+    from wsss.infer.sources import ImageSource, MaskSource
+    from wsss.infer.watershed_stage import run_stage_ws
+    from wsss.watershed.predict import load_watershed
+
+    net, model_cfg = load_watershed(ckpt, device)
+    images = ImageSource(args.images)
+    masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
+    ids = select_ids(args, images.list_ids())
+    path, skipped, n_cells = run_stage_ws(net, model_cfg, ids, images, masks, args.out,
+                                          fold=-1 if args.fold is None else args.fold, tta=bool(cfg.get("tta")),
+                                          device=device)
+    print(f"{PROG}: stage ws: {len(ids) - len(skipped)} images, {n_cells} cells; {len(skipped)} skipped\n  cells: {path}")
+    for image_id, reason in skipped:
+        print(f"  skipped {image_id}: {reason}")
+    return EXIT_SKIPPED if skipped else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep cells touching the image border (flagged in the file) or drop them")
     p.add_argument("--masks", type=Path, default=None,
                    help="folder of precomputed label maps to use instead of segmenting (see wsss.masks.files)")
+    p.add_argument("--diameter", default=None, metavar="PX|auto",
+                   help="expected cell diameter in px at the working size (cellpose's convention), or 'auto' "
+                        "(estimated from the nuclei); default: sizes follow the image side")
+    p.add_argument("--model", type=Path, default=None, metavar="CKPT",
+                   help="a wsss-seg-train checkpoint: cells from the trained watershed model (nuclei stay classical)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --model: average the 4 flips before the watershed")
+    p.add_argument("--markers", choices=("cores", "nuclei"), default="nuclei",
+                   help="with --model: seeds from the classical nuclei (measured better, docs/watershed.md) "
+                        "or from the model's high-energy cores")
     p.add_argument("--overlay", nargs="+", default=[], metavar="ID",
                    help="write OUT/overlays/{ID}.png for these ids ('all' for every id)")
     p.add_argument("--ids", nargs="+", default=None, metavar="ID", help="only these ids")
@@ -86,6 +96,32 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(PROG, exc)
 
 
+def _diameter(value: str | None) -> float | str | None:
+    """``--diameter``: ``None``, ``"auto"`` or a positive number of px."""
+    if value is None or value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise SegmentCliError(f"--diameter {value!r}: expected a number of px or 'auto'") from None
+    if number <= 0:
+        raise SegmentCliError(f"--diameter {value!r}: must be positive")
+    return number
+
+
+def _check_model(path: Path) -> None:
+    """Refuse a ``--model`` that is not a readable watershed checkpoint (one line, before any work)."""
+    from wsss.train.checkpoint import CheckpointError, read_metadata  # noqa: PLC0415
+    from wsss.watershed.defaults import FORMAT  # noqa: PLC0415
+
+    try:
+        fmt = read_metadata(path).get("format")
+    except CheckpointError as exc:
+        raise SegmentCliError(f"--model: {exc}") from None
+    if fmt != FORMAT:
+        raise SegmentCliError(f"--model {path}: not a watershed checkpoint (format {fmt!r}; train one with wsss-seg-train)")
+
+
 def _main(args: argparse.Namespace) -> int:
     from hpa_seg import run  # noqa: PLC0415
     from hpa_seg.params import SegParams  # noqa: PLC0415
@@ -97,8 +133,13 @@ def _main(args: argparse.Namespace) -> int:
         raise SegmentCliError("--size must be 0 (full resolution) or at least 16")
     if args.masks is not None and not args.masks.is_dir():
         raise SegmentCliError(f"--masks {args.masks}: not a folder")
+    if args.model is not None:
+        if args.masks is not None:
+            raise SegmentCliError("--model and --masks exclude each other")
+        _check_model(args.model)
     size = args.size or None
     params = parse_params(args.param)
+    diameter = _diameter(args.diameter)
     if not args.images.is_dir():
         raise SegmentCliError(f"{args.images}: not a folder")
     source = ImageSource(args.images)
@@ -115,11 +156,14 @@ def _main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = {"images": str(args.images.resolve()), "layout": source.kind, "size": size, "border": args.border,
               "masks": str(args.masks.resolve()) if args.masks else None,
-              "params": asdict(SegParams().with_overrides(**params))}
+              "params": asdict(SegParams().with_overrides(**params)),
+              "diameter": diameter,
+              "model": str(args.model.resolve()) if args.model else None,
+              "tta": bool(args.tta) if args.model else None, "markers": args.markers if args.model else None}
     run.check_config(out, config, args.overwrite)
 
     tasks = run.pending_tasks(ids, out, source.kind, source.root, source.sizes, size, args.border, args.masks,
-                              params, args.overwrite)
+                              params, args.overwrite, args.model, bool(args.tta), args.markers, diameter)
     results = run.run_tasks(tasks, args.workers, progress=not args.quiet)
 
     failed = [r for r in results if r.error]

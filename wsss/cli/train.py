@@ -26,15 +26,11 @@ from wsss.precision import PRECISION_CHOICES, PrecisionError
 logger = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``wsss-train``."""
-    p = argparse.ArgumentParser(prog="wsss-train", description="Train a Puzzle-CAM classifier (ComboLoss) on one fold.",
-                                epilog=EXIT_EPILOG)
-    p.add_argument("--config", type=Path, required=True, help="experiment YAML (e.g. configs/seresnext50_512.yaml)")
+def add_run_arguments(p: argparse.ArgumentParser, config_example: str, set_example: str) -> None:
+    """The options every training command shares (config, fold, epochs, precision, device, data, out, resume, set, quiet)."""
+    p.add_argument("--config", type=Path, required=True, help=f"experiment YAML (e.g. {config_example})")
     p.add_argument("--fold", type=int, default=0, help="validation fold of folds.csv (default 0)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--batch-size", type=int, help="override train.batch_size (per process)")
-    p.add_argument("--lr", type=float, help="override train.lr")
     p.add_argument("--precision", choices=list(PRECISION_CHOICES),
                    help="auto (default): fp16+GradScaler on CUDA, bf16 on a CPU with native bf16 (AMX/AVX512-BF16), "
                         "else fp32; 16: fp16 on CUDA / bf16 on CPU; bf16; 32: off")
@@ -45,27 +41,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue {out}/last.safetensors (or CKPT); starts fresh if there is none yet")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field, e.g. --set loss.w_rec=0.5 (repeatable)")
+                   help=f"any config field, e.g. --set {set_example} (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``wsss-train``."""
+    p = argparse.ArgumentParser(prog="wsss-train", description="Train a Puzzle-CAM classifier (ComboLoss) on one fold.",
+                                epilog=EXIT_EPILOG)
+    add_run_arguments(p, "configs/seresnext50_512.yaml", "loss.w_rec=0.5")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size (per process)")
+    p.add_argument("--lr", type=float, help="override train.lr")
     return p
 
 
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults <- YAML <- ``--set`` <- shortcut flags, checked (unknown keys, types: :class:`ConfigError`)."""
-    from wsss.train.defaults import check_train_config, default_config
-
-    cfg = merge(default_config(), load_config(args.config))
-    cfg = apply_overrides(cfg, args.overrides)
+def resolve_run_config(args: argparse.Namespace, defaults: dict[str, Any], extra: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """``defaults`` <- YAML <- ``--set`` <- the shared shortcut flags and ``extra`` (dotted key -> value; ``None`` = not given)."""
+    cfg = apply_overrides(merge(defaults, load_config(args.config)), args.overrides)
     shortcuts = {
-        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
-        "train.precision": args.precision, "train.device": args.device, "train.out": args.out,
-        "data.cache": args.cache, "data.folds": args.folds,
+        "train.epochs": args.epochs, "train.precision": args.precision, "train.device": args.device,
+        "train.out": args.out, "data.cache": args.cache, "data.folds": args.folds, **(extra or {}),
     }
     for key, value in shortcuts.items():
         if value is not None:
             set_dotted(cfg, key, value)
     if args.quiet:
         cfg["train"]["progress"] = False
+    return cfg
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults <- YAML <- ``--set`` <- shortcut flags, checked (unknown keys, types: :class:`ConfigError`)."""
+    from wsss.train.defaults import check_train_config, default_config
+
+    cfg = resolve_run_config(args, default_config(), {"train.batch_size": args.batch_size, "train.lr": args.lr})
     check_train_config(cfg)
     return cfg
 

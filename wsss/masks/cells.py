@@ -296,6 +296,14 @@ def rows_cell_masks(rows: pd.DataFrame) -> CellMasks:
     return cell_masks_from_label_map(source.cells, height, width, ids=ids)
 
 
+def label_iou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of every instance of label map ``a`` with every instance of ``b`` (same shape): ``(iou [na x nb], a_ids, b_ids)``."""
+    inter, a_ids, b_ids, area_a, area_b = label_overlap(a, b)
+    inter = inter.astype(np.float64)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0), a_ids, b_ids
+
+
 def greedy_match(iou: np.ndarray, threshold: float = 0.6) -> np.ndarray:
     """One-to-one matching of rows to columns by descending IoU; returns, per row, its column or -1.
 

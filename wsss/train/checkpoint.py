@@ -62,18 +62,22 @@ def save_checkpoint(
     epoch: int,
     val_loss: float | None = None,
     state: Mapping[str, Any] | None = None,
+    format_name: str = FORMAT,
+    model_spec: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save ``{run_dir}/{name}.safetensors`` (and its resume ``state`` when given); see the module doc.
 
-    ``epoch`` is the number of finished epochs.
+    ``epoch`` is the number of finished epochs. ``format_name`` and ``model_spec`` (the build options
+    kept in the metadata) default to the Puzzle-CAM ones; other models (the watershed segmenter)
+    pass their own.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {
-        "format": FORMAT,
+        "format": format_name,
         "epoch": str(int(epoch)),
         "val_loss": "" if val_loss is None else repr(float(val_loss)),
-        "model": json.dumps(model_record(model, cfg)),
+        "model": json.dumps(dict(model_spec) if model_spec is not None else model_record(model, cfg)),
         "config": json.dumps(cfg, default=str),
     }
     if state is not None:

@@ -43,8 +43,13 @@ def _fmt(value: Any) -> Any:
     return "" if value is None else value
 
 
-def plot_curves(path: Path | str, history: Sequence[Mapping[str, Any]], title: str = "") -> Path:
-    """Training curves PNG: each loss term train vs val, and val macro F1 / mAP / learning rate."""
+SCORES: tuple[tuple[str, str], ...] = (("val_map", "macro mAP"), ("val_f1", "macro F1"), ("val_map_chance", "mAP chance"))
+
+
+def plot_curves(path: Path | str, history: Sequence[Mapping[str, Any]], title: str = "",
+                terms: Sequence[str] = LOSS_TERMS, scores: Sequence[tuple[str, str]] = SCORES) -> Path:
+    """Training curves PNG: each loss term train vs val (first four ``terms``), the validation ``scores``
+    (``(column, label)`` pairs in 0..1; defaults: macro mAP / F1 / chance) and the learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,7 +58,7 @@ def plot_curves(path: Path | str, history: Sequence[Mapping[str, Any]], title: s
     path = Path(path)
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    for ax, term in zip(axes.flat[:4], LOSS_TERMS):
+    for ax, term in zip(axes.flat[:4], terms):
         for split, style in (("train", "-o"), ("val", "-s")):
             values = [_num(row.get(f"{split}_{term}")) for row in history]
             if any(math.isfinite(v) for v in values):
@@ -63,7 +68,7 @@ def plot_curves(path: Path | str, history: Sequence[Mapping[str, Any]], title: s
         ax.legend()
         ax.grid(alpha=0.3)
     ax = axes.flat[4]
-    for key, label in (("val_map", "macro mAP"), ("val_f1", "macro F1"), ("val_map_chance", "mAP chance")):
+    for key, label in scores:
         values = [_num(row.get(key)) for row in history]
         if any(math.isfinite(v) for v in values):
             ax.plot(epochs, values, "--" if key.endswith("chance") else "-o", ms=3, label=label)

@@ -28,7 +28,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -451,6 +451,27 @@ def resolve_out_dir(cfg: Mapping[str, Any], fold: int) -> Path:
         raise TrainError(f"train.out {out!r}: only {{name}}, {{model}} and {{fold}} can be filled in ({exc!r})") from None
 
 
+def resolve_resume(out: Path, resume: bool | str | Path) -> Path | None:
+    """The checkpoint to resume from, or ``None`` for a new run (see :func:`fit` for ``resume``).
+
+    A new run refuses a folder that already holds ``last.safetensors`` (:class:`TrainError`).
+    """
+    last = out / "last.safetensors"
+    if resume is True:
+        if not last.is_file():
+            logger.info("--resume: no %s yet, starting a new run", last)
+            return None
+        return last
+    if resume:
+        path = Path(resume)
+        if not path.is_file():
+            raise TrainError(f"{path}: checkpoint to resume not found")
+        return path
+    if last.is_file():
+        raise TrainError(f"{out} already holds a run (last.safetensors); pass --resume to continue it or choose another --out")
+    return None
+
+
 def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> dict[str, Any]:
     """Train fold ``fold`` with the resolved config ``cfg``; returns a summary dict.
 
@@ -461,6 +482,16 @@ def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> di
     The device and ``train.precision`` are checked before anything else (:class:`TrainError`,
     :class:`~wsss.precision.PrecisionError`).
     """
+    return run_on_device(cfg, fold, resume, _fit)
+
+
+RunBody = Callable[[dict[str, Any], int, "bool | str | Path", ddp.DistInfo, torch.device, AmpSettings], dict[str, Any]]
+
+
+def run_on_device(cfg: dict[str, Any], fold: int, resume: bool | str | Path, body: RunBody) -> dict[str, Any]:
+    """Resolve the device and ``train.precision`` (:func:`resolve_hardware`), set ``train.threads`` when
+    given, start DDP when launched by ``torchrun``, run ``body(cfg, fold, resume, info, device, amp)`` and
+    always tear DDP down. Shared by every training entry point (classifier, watershed segmenter)."""
     info = ddp.env_info()
     t = cfg["train"]
     try:
@@ -468,9 +499,11 @@ def fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path = False) -> di
     except (RuntimeError, ValueError) as exc:
         raise TrainError(f"device {t.get('device')!r}: {str(exc).splitlines()[0]}") from None
     amp = resolve_hardware(t, device, info)
+    if t.get("threads"):
+        torch.set_num_threads(int(t["threads"]))
     ddp.init_distributed(device, info)
     try:
-        return _fit(cfg, fold, resume, info, device, amp)
+        return body(cfg, fold, resume, info, device, amp)
     finally:
         ddp.cleanup()
 
@@ -481,18 +514,7 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
     out = resolve_out_dir(cfg, fold)
     cfg["train"]["fold"] = fold
     cfg["train"]["out"] = str(out)
-    last = out / "last.safetensors"
-    resume_path: Path | None = None
-    if resume is True:
-        resume_path = last if last.is_file() else None
-        if resume_path is None:
-            logger.info("--resume: no %s yet, starting a new run", last)
-    elif resume:
-        resume_path = Path(resume)
-        if not resume_path.is_file():
-            raise TrainError(f"{resume_path}: checkpoint to resume not found")
-    elif last.is_file():
-        raise TrainError(f"{out} already holds a run (last.safetensors); pass --resume to continue it or choose another --out")
+    resume_path = resolve_resume(out, resume)
 
     seed_everything(epoch_seed(int(t["seed"]), 2**31, 0))  # model init: same weights on every rank
     m = cfg["model"]

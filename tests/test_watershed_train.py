@@ -122,7 +122,8 @@ def test_segment_model_stage_ws_and_iou_ensemble(tiny: dict[str, Path], trained:
         tables[name] = out / "cells_ws.parquet"
 
     sources = [read_source(tables["classic"]), read_source(tables["model"])]
-    out = ensemble(sources, primary=0, match="iou")
+    # a 2-epoch model's cells may match none of the classical ones: allow it (the contract is tested, not quality)
+    out = ensemble(sources, primary=0, match="iou", max_unmatched=1.0)
     assert len(out) == len(sources[0].cells) and set(out["n_sources"]) <= {1, 2}
     fused, agreed = fuse_segmentations(load_label_maps(classic / f"{ids[0]}.npz").cells, maps.cells)
     assert fused.dtype == np.uint16 and 0 <= agreed <= fused.max()

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from wsss.train.checkpoint import CheckpointError
+    from wsss.models.checkpoint import CheckpointError
     from wsss.train.loop import TrainError
     from wsss.watershed.train import fit_watershed
 

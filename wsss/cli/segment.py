@@ -111,7 +111,7 @@ def _diameter(value: str | None) -> float | str | None:
 
 def _check_model(path: Path) -> None:
     """Refuse a ``--model`` that is not a readable watershed checkpoint (one line, before any work)."""
-    from wsss.train.checkpoint import CheckpointError, read_metadata  # noqa: PLC0415
+    from wsss.models.checkpoint import CheckpointError, read_metadata  # noqa: PLC0415
     from wsss.watershed.defaults import FORMAT  # noqa: PLC0415
 
     try:

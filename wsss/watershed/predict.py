@@ -19,7 +19,7 @@ import torch
 
 from wsss.data.dataset import normalize
 from wsss.data.io import resize_rgby
-from wsss.train.checkpoint import CheckpointError, read_weights
+from wsss.models.checkpoint import CheckpointError, read_weights
 from wsss.watershed.defaults import FORMAT
 from wsss.watershed.model import WatershedNet, model_kwargs
 from wsss.watershed.postprocess import PostParams, postprocess

@@ -29,13 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.precision import PRECISION_CHOICES, AmpSettings, autocast, resolve_precision
+from wsss.precision import AmpSettings, autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
 TTA_MODES: tuple[str, ...] = ("hflip", "vflip", "hvflip")
 _FLIP_DIMS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
-PRECISIONS: tuple[str, ...] = PRECISION_CHOICES
 
 
 def check_tta(tta: Sequence[str]) -> tuple[str, ...]:

@@ -13,10 +13,11 @@ import torch
 
 from wsss.config import TypeSpec, check_config
 from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
-from wsss.infer.cams import PRECISIONS, check_tta
+from wsss.infer.cams import check_tta
 from wsss.infer.crops import CropParams
 from wsss.infer.runner import InferSettings, RunError
 from wsss.infer.scoring import ScoreParams
+from wsss.precision import PRECISION_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,8 @@ def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg:
     model_name = str(model_cfg.get("name") or "model")
     input_size = cfg["stage1"].get("input_size") or model_cfg.get("input_size") or 512
     precision = str(cfg["precision"])
-    if precision not in PRECISIONS:
-        raise RunError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in PRECISION_CHOICES:
+        raise RunError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
     tta = check_tta(cfg["tta_modes"]) if cfg.get("tta") else ()
     device = resolve_device(cfg["device"])
     stage2 = dict(cfg["stage2"])

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
+from typing import ClassVar
+
+from wsss.config import Overridable
 
 REFERENCE_SIDE: int = 2048
 #: typical cell and nucleus diameters (px) at the reference field of view, the scale the parameters are tuned for
@@ -20,7 +23,7 @@ REFERENCE_NUCLEUS_DIAMETER: float = 120.0
 
 
 @dataclass(frozen=True)
-class SegParams:
+class SegParams(Overridable):
     """Parameters of the weight-free segmentation (lengths in px, areas in px^2, at 2048 px).
 
     Nuclei (blue channel):
@@ -55,6 +58,8 @@ class SegParams:
             (0 = intensity only); balances bright against dim neighbours.
     """
 
+    OVERRIDE_KIND: ClassVar[str] = "segmentation parameter"
+
     nuc_sigma: float = 6.0
     nuc_threshold_scale: float = 0.5
     nuc_min_level: float = 8.0
@@ -72,13 +77,6 @@ class SegParams:
     cell_min_area: float = 8000.0
     cell_distance_weight: float = 0.25
 
-    def with_overrides(self, **kwargs: float) -> "SegParams":
-        """A copy with some fields replaced (unknown names raise ``TypeError``)."""
-        names = {f.name for f in fields(self)}
-        unknown = set(kwargs) - names
-        if unknown:
-            raise TypeError(f"unknown segmentation parameter(s): {sorted(unknown)}")
-        return replace(self, **kwargs)
 
 
 def scale_factor(shape: tuple[int, ...], reference_side: int = REFERENCE_SIDE) -> float:

@@ -24,7 +24,7 @@ from hpa_seg.params import SegParams
 from hpa_seg.pipeline import segment, segment_with_masks, segment_with_model
 from wsss.data.io import ImageReadError
 from wsss.data.source import read_image
-from wsss.fileio import ResumeError, changed_settings, read_record, write_json
+from wsss.fileio import guard_settings
 from wsss.masks import MaskError, is_label_map_file, load_label_maps, save_label_maps
 from wsss.viz import save_png
 
@@ -134,17 +134,10 @@ def check_config(out: Path, config: dict, overwrite: bool) -> None:
 
     An unreadable record is ignored (it is rewritten).
     """
-    path = out / CONFIG_NAME
-    if not overwrite:
-        try:
-            old = read_record(path)
-        except ResumeError:
-            old = None
-        changed = sorted(changed_settings(old, config, COMPARED_SETTINGS))
-        if changed:
-            raise SegmentRunError(f"{out} was made with other settings ({', '.join(changed)} differ); "
-                                  "use another output folder or --overwrite")
-    write_json(path, config, indent=2, sort_keys=True)
+    changed = guard_settings(out / CONFIG_NAME, config, COMPARED_SETTINGS, overwrite)
+    if changed:
+        raise SegmentRunError(f"{out} was made with other settings ({', '.join(changed)} differ); "
+                              "use another output folder or --overwrite")
 
 
 def pending_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],

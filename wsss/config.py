@@ -9,16 +9,19 @@ default does not tell (``None`` defaults, ``auto``-or-value keys, free-form mapp
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 from wsss.fileio import atomic_write_bytes
+
+_P = TypeVar("_P", bound="Overridable")
 
 logger = logging.getLogger(__name__)
 
@@ -202,3 +205,19 @@ def save_config(cfg: Mapping[str, Any], path: Path | str) -> Path:
     path = Path(path)
     atomic_write_bytes(path, yaml.safe_dump(dict(cfg), sort_keys=False).encode())
     return path
+
+
+class Overridable:
+    """Mixin of frozen dataclasses of numeric parameters: :meth:`with_overrides` by field name.
+
+    A subclass names its kind in ``OVERRIDE_KIND`` (used in the error message).
+    """
+
+    OVERRIDE_KIND: ClassVar[str] = "parameter"
+
+    def with_overrides(self: _P, **kwargs: float) -> _P:
+        """A copy with some fields replaced by floats (unknown names raise ``TypeError``)."""
+        unknown = set(kwargs) - {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        if unknown:
+            raise TypeError(f"unknown {self.OVERRIDE_KIND}(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **{k: float(v) for k, v in kwargs.items()})  # type: ignore[type-var]

@@ -340,3 +340,27 @@ def fuse_segmentations(primary: np.ndarray, other: np.ndarray, iou_threshold: fl
     rest = (primary > 0) & ~np.isin(primary, list(matched_p)) & (fused == 0)
     fused[rest] = primary[rest].astype(np.int64) + n_agreed
     return relabel_sequential(fused).astype(np.uint16), n_agreed
+
+
+def fuse_label_maps(primary_cells: np.ndarray, primary_nuclei: np.ndarray, other_cells: np.ndarray,
+                    iou_threshold: float = IOU_THRESHOLD, agreed: str = "primary") -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`fuse_segmentations` of two cell maps, with nuclei that keep the label-map contract.
+
+    The nuclei are the primary's nuclear pixels, each taking the id of the fused cell it lies in;
+    fused cells left without any nuclear pixel are dropped (every cell of a label-map file holds its
+    nucleus) and the ids renumbered ``1..n``. Returns ``(cells, nuclei, n_agreed)`` as ``uint16``;
+    ``n_agreed`` counts the agreed cells that were kept.
+    """
+    from wsss.masks import label_areas, relabel_sequential
+
+    fused, n_agreed = fuse_segmentations(primary_cells, other_cells, iou_threshold, agreed)
+    fused = fused.astype(np.int64)
+    nuclei = np.where(np.asarray(primary_nuclei) > 0, fused, 0)
+    with_nucleus = label_areas(nuclei) > 0
+    keep = np.zeros(int(fused.max(initial=0)) + 1, dtype=bool)
+    keep[: len(with_nucleus)] = with_nucleus[: len(keep)]
+    keep[0] = False
+    n_agreed = int(keep[1: n_agreed + 1].sum())
+    cells = relabel_sequential(np.where(keep[fused], fused, 0))
+    nuclei = np.where(nuclei > 0, cells, 0)
+    return cells.astype(np.uint16), nuclei.astype(np.uint16), n_agreed

@@ -146,3 +146,22 @@ def changed_settings(old: Mapping[str, Any] | None, new: Mapping[str, Any], keys
         if old.get(key) != new.get(key):
             out.append(key)
     return out
+
+
+def guard_settings(path: Path | str, config: Mapping[str, Any], keys: Iterable[str], overwrite: bool = False) -> list[str]:
+    """The resume guard of an output folder's settings record at ``path``.
+
+    Returns the ``keys`` whose recorded values differ from ``config`` (nothing is written then: the
+    caller refuses the run). With no difference, an unreadable or missing record, or ``overwrite``,
+    ``config`` is (re)written as the record and ``[]`` returned.
+    """
+    if not overwrite:
+        try:
+            old = read_record(path)
+        except ResumeError:
+            old = None
+        changed = sorted(changed_settings(old, config, keys))
+        if changed:
+            return changed
+    write_json(path, config, indent=2, sort_keys=True)
+    return []

@@ -19,32 +19,30 @@ Border flags come with the label-map file (:func:`wsss.masks.border_flags`), as 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from wsss.config import Overridable
 from wsss.masks import relabel_sequential
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PostParams:
+class PostParams(Overridable):
     """Post-processing parameters (areas in px^2 at a 512 px field of view)."""
+
+    OVERRIDE_KIND: ClassVar[str] = "post-processing parameter"
 
     fg_threshold: float = 0.5
     core_level: float = 6.0
     min_core_area: float = 30.0
     min_area: float = 300.0
 
-    def with_overrides(self, **kwargs: float) -> "PostParams":
-        """A copy with some fields replaced (unknown names raise ``TypeError``)."""
-        unknown = set(kwargs) - {f.name for f in fields(self)}
-        if unknown:
-            raise TypeError(f"unknown post-processing parameter(s): {sorted(unknown)}")
-        return replace(self, **{k: float(v) for k, v in kwargs.items()})
 
 
 def area_scale(shape: tuple[int, ...]) -> float:

@@ -17,11 +17,15 @@ and is skipped on a re-run, so a killed run resumes where it stopped):
    references on the same masks;
 4. the table: mean and spread (sample standard deviation) over the seeds, then each lever's change
    against the plain ``ensemble`` (stage 1 + stage 2, geometric mean) per seed, with a verdict:
-   ``helps`` when it is higher in every seed, ``hurts`` when lower in every seed, else ``no clear gain``.
+   ``helps`` when it is higher in every seed, ``hurts`` when lower in every seed, else ``no clear gain``;
+   ``helping levers`` is the ensemble with every lever whose verdict is ``helps`` under the official
+   protocol on all images and not ``hurts`` under the strict one (chosen on the same data, so
+   optimistic: confirm on another data seed, ``--data-seed``).
 
 Methods: ``naive``, ``stage1``, ``stage2``, ``ensemble`` (the baseline), the TTA tables alone, then
 one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+blend``, ``+negative
-suppression``, ``+border``, ``+small``, ``+cell classifier``, ``+pseudo round r``), and ``all levers``.
+suppression``, ``+border``, ``+small``, ``+cell classifier``, ``+pseudo rounds``), ``all levers`` and
+``helping levers``.
 Post-processing runs through :func:`wsss.postprocess.postprocess` (what ``wsss-ensemble --config``
 does). Budgets (``--budget``): ``test`` (seconds, the test suite), ``tiny`` (a few minutes),
 ``real`` (the measurement of the issue: 400 images at 384 px, variability 0.7, 4 folds -> 300
@@ -55,13 +59,22 @@ from wsss.cli.demo import show_progress  # noqa: E402
 from wsss.ensemble import Source, ensemble, naive_cells_from_images  # noqa: E402
 from wsss.fileio import atomic_write_bytes  # noqa: E402
 from wsss.metrics.cell import preds_from_cell_table, truth_from_label_dir  # noqa: E402
-from wsss.metrics.references import heterogeneous_ids, references, summary_key, summary_scores  # noqa: E402
+from wsss.metrics.references import (  # noqa: E402
+    REFERENCES,
+    heterogeneous_ids,
+    references,
+    summary_key,
+    summary_scores,
+)
 from wsss.postprocess import PostParams, postprocess  # noqa: E402
 from wsss.tables import read_cell_table  # noqa: E402
 
 logger = logging.getLogger("levers")
 
 BASELINE = "ensemble"
+HELPING = "helping levers"
+#: Bumped when the methods scored change, so cached scores of an older script are not reused.
+SCORES_VERSION = 2
 #: The metrics a verdict looks at (keys of :func:`summary_scores`).
 VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-17")
 #: Stage-1 and stage-2 inference variants: name -> extra wsss-infer arguments.
@@ -86,7 +99,7 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "test": Budget(count=16, size=128, variability=0.7, n_folds=2, epochs=1, seeds=(0, 1), batch_size=8),
-    "tiny": Budget(count=48, size=128, variability=0.7, n_folds=2, epochs=3, seeds=(0, 1), batch_size=8),
+    "tiny": Budget(count=128, size=128, variability=0.7, n_folds=2, epochs=10, seeds=(0, 1), batch_size=8),
     "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1)),
 }
 
@@ -359,48 +372,88 @@ def combined(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return ensemble([Source(f"t{i}", t) for i, t in enumerate(tables)], method="geom", match="id")
 
 
-def methods(run: Run, seed: int, paths: dict[str, Path]) -> dict[str, pd.DataFrame]:
-    """Every method's per-cell table of one seed (see the module doc)."""
-    t = {k: read_cell_table(v) for k, v in paths.items() if k != "images"}
-    images = pd.read_parquet(paths["images"])
-    lv = run.levers
-    base = combined([t["s1_plain"], t["s2_plain"]])
-    blend = PostParams(blend_cell=lv.blend_cell, blend_image=lv.blend_image)
-    negative = PostParams(negative_suppression=True)
-    border = PostParams(border_factor=lv.border_factor)
-    small = PostParams(small_factor=lv.small_factor, small_area=lv.small_area)
-    every = PostParams(blend_cell=lv.blend_cell, blend_image=lv.blend_image, negative_suppression=True,
-                       border_factor=lv.border_factor, small_factor=lv.small_factor, small_area=lv.small_area)
-    out = {"naive": naive_cells_from_images(t["s1_plain"], images), "stage1": t["s1_plain"], "stage2": t["s2_plain"],
-           BASELINE: base, "stage1 d4": t["s1_d4"], "stage1 multi-scale": t["s1_ms"], "stage1 d4+multi-scale":
-           t["s1_d4ms"], "stage2 d4": t["s2_d4"],
-           "+tta d4": combined([t["s1_d4"], t["s2_d4"]]), "+multi-scale": combined([t["s1_ms"], t["s2_plain"]]),
-           f"+blend {lv.blend_cell:g}/{lv.blend_image:g}": postprocess(base, blend, images),
-           "+negative suppression": postprocess(base, negative),
-           f"+border x{lv.border_factor:g}": postprocess(base, border),
-           f"+small x{lv.small_factor:g} (<{lv.small_area:g} median)": postprocess(base, small)}
-    tta_tables = [t["s1_d4ms"], t["s2_d4"]]
+#: The levers, in the order they are reported (``cell`` and ``pseudo`` only when their commands exist).
+LEVERS: tuple[str, ...] = ("tta", "ms", "blend", "negative", "border", "small", "cell", "pseudo")
+
+
+def lever_label(key: str, lv: Levers) -> str:
+    """The printed name of a lever."""
+    return {"tta": "tta d4", "ms": "multi-scale", "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
+            "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
+            "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)", "cell": "cell classifier",
+            "pseudo": f"pseudo rounds ({lv.pseudo_rounds})"}[key]
+
+
+@dataclass
+class SeedTables:
+    """The OOF tables of one seed: stage variants ``s{1,2}_{variant}``, the image table, cell classifier tables."""
+
+    stages: dict[str, pd.DataFrame]
+    images: pd.DataFrame
+    cell: pd.DataFrame | None = None
+    pseudo: pd.DataFrame | None = None
+
+
+def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
+    """The baseline ensemble with the ``chosen`` levers switched on (TTA variants, extra sources, post-processing)."""
+    tta, ms = "tta" in chosen, "ms" in chosen
+    s1 = t.stages["s1_" + ("d4ms" if tta and ms else "d4" if tta else "ms" if ms else "plain")]
+    sources = [s1, t.stages["s2_d4" if tta else "s2_plain"]]
+    if "pseudo" in chosen and t.pseudo is not None:
+        sources.append(t.pseudo)
+    elif "cell" in chosen and t.cell is not None:
+        sources.append(t.cell)
+    params = PostParams(blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
+                        blend_image=lv.blend_image if "blend" in chosen else 0.0,
+                        negative_suppression="negative" in chosen,
+                        border_factor=lv.border_factor if "border" in chosen else 1.0,
+                        small_factor=lv.small_factor if "small" in chosen else 1.0,
+                        small_area=lv.small_area if "small" in chosen else 0.0)
+    return postprocess(combined(sources), params, t.images)
+
+
+def seed_tables(run: Run, seed: int, paths: dict[str, Path]) -> SeedTables:
+    """Read one seed's OOF tables; run the cell classifier and the pseudo-label rounds when they exist."""
+    t = SeedTables(stages={k: read_cell_table(v) for k, v in paths.items() if k != "images"},
+                   images=pd.read_parquet(paths["images"]))
     cell = cell_classifier(run, seed, "cell", None)
-    if cell is not None:
-        cell_t = read_cell_table(cell)
-        out["cell classifier"] = cell_t
-        out["+cell classifier"] = combined([t["s1_plain"], t["s2_plain"], cell_t])
-        tta_tables.append(cell_t)
-        source = run.seed_dir(seed) / "ensemble_cell.parquet"
-        out["+cell classifier"].to_parquet(source, index=False)
-        for round_ in range(1, lv.pseudo_rounds + 1):
-            targets = pseudo_targets(run, seed, round_, source)
-            table = cell_classifier(run, seed, f"cell_pseudo{round_}", targets) if targets else None
-            if table is None:
-                break
-            pseudo_t = read_cell_table(table)
-            out[f"+pseudo round {round_}"] = combined([t["s1_plain"], t["s2_plain"], pseudo_t])
-            tta_tables[-1] = pseudo_t
-            source = run.seed_dir(seed) / f"ensemble_pseudo{round_}.parquet"
-            out[f"+pseudo round {round_}"].to_parquet(source, index=False)
-    else:
+    if cell is None:
         print("[levers] pseudo rounds: skipped (they need the cell classifier)", flush=True)
-    out["all levers"] = postprocess(combined(tta_tables), every, images)
+        return t
+    t.cell = read_cell_table(cell)
+    source = run.seed_dir(seed) / "ensemble_cell.parquet"
+    with_levers(t, {"cell"}, run.levers).to_parquet(source, index=False)
+    for round_ in range(1, run.levers.pseudo_rounds + 1):
+        targets = pseudo_targets(run, seed, round_, source)
+        table = cell_classifier(run, seed, f"cell_pseudo{round_}", targets) if targets else None
+        if table is None:
+            break
+        t.pseudo = read_cell_table(table)
+        source = run.seed_dir(seed) / f"ensemble_pseudo{round_}.parquet"
+        with_levers(t, {"pseudo"}, run.levers).to_parquet(source, index=False)
+    return t
+
+
+def present_levers(t: SeedTables) -> list[str]:
+    """The levers this seed can measure (the cell classifier and pseudo rounds need their commands)."""
+    return [k for k in LEVERS if (k != "cell" or t.cell is not None) and (k != "pseudo" or t.pseudo is not None)]
+
+
+def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
+    """Every method's per-cell table of one seed (see the module doc)."""
+    lv = run.levers
+    out = {"naive": naive_cells_from_images(t.stages["s1_plain"], t.images), "stage1": t.stages["s1_plain"],
+           "stage2": t.stages["s2_plain"], BASELINE: with_levers(t, set(), lv), "stage1 d4": t.stages["s1_d4"],
+           "stage1 multi-scale": t.stages["s1_ms"], "stage1 d4+multi-scale": t.stages["s1_d4ms"],
+           "stage2 d4": t.stages["s2_d4"]}
+    if t.cell is not None:
+        out["cell classifier"] = t.cell
+    if t.pseudo is not None:
+        out["cell classifier, last pseudo round"] = t.pseudo
+    keys = present_levers(t)
+    for key in keys:
+        out[f"+{lever_label(key, lv)}"] = with_levers(t, {key}, lv)
+    out["all levers"] = with_levers(t, set(keys), lv)
     return out
 
 
@@ -409,7 +462,7 @@ def scores_digest(run: Run) -> str:
     commands exist (so a re-run after the cell classifier is merged scores it)."""
     import hashlib
 
-    key = {"levers": asdict(run.levers), "available": [available(w) for w in ("train", "infer", "pseudo")]}
+    key = {"version": SCORES_VERSION, "levers": asdict(run.levers), "available": [available(w) for w in ("train", "infer", "pseudo")]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -420,16 +473,41 @@ def evaluate_seed(run: Run, seed: int, paths: dict[str, Path], ids: list[str]) -
         print(f"[levers] seed {seed}: scores done before, read back", flush=True)
         return pd.read_csv(cached)
     truth = truth_from_label_dir(run.synth, ids)
-    hetero = heterogeneous_ids(truth)
-    tables = methods(run, seed, paths)
-    preds = {name: preds_from_cell_table(table) for name, table in tables.items()}
+    preds = {name: preds_from_cell_table(table) for name, table in methods(run, seed_tables(run, seed, paths)).items()}
     preds.update(references(preds["stage1"], truth))
+    frame = score_all(seed, preds, truth)
+    atomic_write_bytes(cached, frame.to_csv(index=False).encode())
+    return frame
+
+
+def score_all(seed: int, preds: dict, truth: dict) -> pd.DataFrame:
+    """:func:`summary_scores` of every prediction, one row each, with a progress line."""
+    hetero = heterogeneous_ids(truth)
     rows = []
     for name, pred in preds.items():
         start = time.perf_counter()
         rows.append({"seed": seed, "method": name, **summary_scores(pred, truth, hetero)})
         print(f"[levers] seed {seed}: scored {name} ({time.perf_counter() - start:.1f} s)", flush=True)
-    frame = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def helping_levers(run: Run, scores: pd.DataFrame) -> list[str]:
+    """The levers that helped under the official protocol on all images in every seed and did not hurt
+    the strict protocol (verdicts of :func:`lever_deltas`)."""
+    deltas = lever_deltas(scores).set_index("lever")
+    labels = {f"+{lever_label(k, run.levers)}": k for k in LEVERS}
+    return [labels[name] for name, row in deltas.iterrows() if name in labels
+            and row["official all verdict"] == "helps" and row["strict all verdict"] != "hurts"]
+
+
+def evaluate_helping(run: Run, seed: int, paths: dict[str, Path], ids: list[str], keys: list[str]) -> pd.DataFrame:
+    """Scores of the ensemble with every helping lever on (selected on these same data: optimistic)."""
+    cached = run.seed_dir(seed) / f"scores_{scores_digest(run)}_helping_{'-'.join(keys) or 'none'}.csv"
+    if cached.is_file():
+        return pd.read_csv(cached)
+    truth = truth_from_label_dir(run.synth, ids)
+    table = with_levers(seed_tables(run, seed, paths), set(keys), run.levers)
+    frame = score_all(seed, {HELPING: preds_from_cell_table(table)}, truth)
     atomic_write_bytes(cached, frame.to_csv(index=False).encode())
     return frame
 
@@ -440,7 +518,8 @@ def evaluate_seed(run: Run, seed: int, paths: dict[str, Path], ids: list[str]) -
 def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread (sample sd; 0 with one seed) over seeds, per method, in first-seen order."""
     keys = [c for c in scores.columns if c not in ("seed", "method")]
-    order = list(dict.fromkeys(scores["method"]))
+    seen = list(dict.fromkeys(scores["method"]))
+    order = [m for m in seen if m not in REFERENCES] + [m for m in seen if m in REFERENCES]
     grouped = scores.groupby("method", sort=False)[keys]
     mean, sd = grouped.mean().loc[order], grouped.std(ddof=1).fillna(0.0).loc[order]
     return mean.add_suffix(" mean").join(sd.add_suffix(" sd")).reset_index()
@@ -451,7 +530,7 @@ def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame
     base = scores[scores["method"] == baseline].set_index("seed")
     rows = []
     for name in dict.fromkeys(scores["method"]):
-        if not (name.startswith("+") or name == "all levers"):
+        if not (name.startswith("+") or name in ("all levers", HELPING)):
             continue
         this = scores[scores["method"] == name].set_index("seed")
         row: dict[str, object] = {"lever": name}
@@ -464,7 +543,8 @@ def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def format_table(summary: pd.DataFrame, deltas: pd.DataFrame, run: Run, n_all: int, n_hetero: int) -> str:
+def format_table(summary: pd.DataFrame, deltas: pd.DataFrame, run: Run, n_all: int, n_hetero: int,
+                 helping: Sequence[str] = ()) -> str:
     """The printed table: methods x (protocol, subset, classes) as mean +- sd, then the levers' verdicts."""
     b = run.budget
     cols = [summary_key(p, s, c) for p in ("official", "strict") for s, c in
@@ -479,6 +559,8 @@ def format_table(summary: pd.DataFrame, deltas: pd.DataFrame, run: Run, n_all: i
     for row in summary.to_dict("records"):
         lines.append(f"{row['method']:<{width}}" + "".join(f"{row[c + ' mean']:>9.4f} +-{row[c + ' sd']:.3f}"
                                                            for c in cols))
+    lines.append(f"{HELPING} = {' + '.join(helping) or 'none'} (chosen on these data: optimistic); references "
+                 f"on the stage-1 masks")
     lines.append(f"\nlevers against '{BASELINE}' (mean change; helps = higher in every seed, hurts = lower in every seed)")
     lines.append(f"{'lever':<{width}}" + "".join(f"{k:>34}" for k in VERDICT_KEYS))
     for row in deltas.to_dict("records"):
@@ -519,8 +601,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with show_progress():
             ids = prepare_data(run)
-            scores = pd.concat([evaluate_seed(run, seed, run_seed(run, seed), ids) for seed in run.budget.seeds],
+            paths = {seed: run_seed(run, seed) for seed in run.budget.seeds}
+            scores = pd.concat([evaluate_seed(run, seed, paths[seed], ids) for seed in run.budget.seeds],
                                ignore_index=True)
+            keys = helping_levers(run, scores)
+            print(f"[levers] levers that helped (official all, every seed; strict not hurt): "
+                  f"{', '.join(lever_label(k, run.levers) for k in keys) or 'none'}", flush=True)
+            scores = pd.concat([scores, *[evaluate_helping(run, seed, paths[seed], ids, keys)
+                                          for seed in run.budget.seeds]], ignore_index=True)
     except StepError as exc:
         print(f"levers: error: {exc}", file=sys.stderr)
         return 1
@@ -529,7 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores.to_csv(run.out / "levers_scores.csv", index=False)
     summary.to_csv(run.out / "levers_summary.csv", index=False)
     deltas.to_csv(run.out / "levers_deltas.csv", index=False)
-    print(format_table(summary, deltas, run, len(truth), len(heterogeneous_ids(truth))))
+    helping = [lever_label(k, run.levers) for k in keys]
+    print(format_table(summary, deltas, run, len(truth), len(heterogeneous_ids(truth)), helping))
     print(f"[levers] total {time.perf_counter() - start:.0f} s; tables in {run.out}", flush=True)
     return 0
 

@@ -119,6 +119,26 @@ def test_stage1_tables_scores_and_skipped_ids(data, tmp_path):
     assert sorted(report["image_id"]) == ["img3", "img4"]
 
 
+def test_stage1_d4_and_multi_scale_on_an_equivariant_model(data, tmp_path):
+    """GreenRedCAM (pointwise, then pooled) commutes with every D4 element: D4 TTA leaves its table
+    unchanged; multi-scale runs, is recorded in the run's settings and keeps the cell order."""
+    from wsss.infer.tta import D4_MODES
+
+    plain = tmp_path / "plain"
+    _run1(data, plain, ids=GOOD)
+    _run1(data, tmp_path / "d4", ids=GOOD, tta=D4_MODES)
+    _run1(data, tmp_path / "ms", ids=GOOD, tta=D4_MODES, scales=(0.5, 1.0, 2.0))
+    base = read_parquet(plain / "cells_stage1.parquet")
+    d4 = read_parquet(tmp_path / "d4" / "cells_stage1.parquet")
+    ms = read_parquet(tmp_path / "ms" / "cells_stage1.parquet")
+    probs = [f"p_{k}" for k in range(19)]
+    np.testing.assert_allclose(d4[probs].to_numpy(), base[probs].to_numpy(), atol=1e-5)
+    assert ms[["image_id", "cell_id"]].equals(base[["image_id", "cell_id"]])
+    run = yaml.safe_load((tmp_path / "ms" / "run_stage1.json").read_text())
+    assert run["settings"]["scales"] == [0.5, 1.0, 2.0] and len(run["settings"]["tta"]) == 7
+    assert "scales" not in yaml.safe_load((plain / "run_stage1.json").read_text())["settings"]
+
+
 def test_resume_after_kill_skips_finished_ids(data, tmp_path):
     out = tmp_path / "out"
     # probe forward = call 1, first batch (2 images) = call 2; the kill hits the second batch

@@ -173,4 +173,4 @@ def test_flip_tta_flips_cams_back():
     torch.testing.assert_close(p0, p1, atol=1e-6, rtol=1e-6)
     assert c0.shape == (2, 19, 8, 8) and p0.shape == (2, 19)
     with pytest.raises(ValueError, match="TTA"):
-        forward_cams(model, x, tta=("rot90",))
+        forward_cams(model, x, tta=("rot45",))

@@ -280,19 +280,25 @@ def ensemble(sources: Sequence[Source], primary: int = 0, method: str = "mean", 
     return out.reset_index(drop=True)
 
 
+def image_probabilities(cells: pd.DataFrame, images: pd.DataFrame) -> np.ndarray:
+    """Each cell's image-level probabilities ``N x 19`` from ``images`` (``image_id, p_0..p_18``, duplicates
+    averaged); cells of images missing from ``images`` raise :class:`EnsembleError`."""
+    table = images.groupby(images["image_id"].astype(str), sort=False)[PROB_COLUMNS].mean()
+    ids = cells["image_id"].astype(str)
+    missing = sorted(set(ids) - set(table.index))
+    if missing:
+        raise EnsembleError(f"{len(missing)} image(s) of the cell table have no image-level row, e.g. {missing[0]}")
+    return table.loc[ids].to_numpy(dtype=np.float64)
+
+
 def naive_cells_from_images(cells: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
     """The naive baseline: every cell gets its image's image-level probabilities.
 
     ``cells``: any per-cell table (its probabilities are replaced); ``images``: ``image_id, p_0..p_18``
     (duplicates averaged). Cells of images missing from ``images`` raise :class:`EnsembleError`.
     """
-    image_probs = images.groupby("image_id", sort=False)[PROB_COLUMNS].mean()
-    missing = set(cells["image_id"]) - set(image_probs.index)
-    if missing:
-        raise EnsembleError(f"{len(missing)} image(s) of the cell table have no image-level row, "
-                            f"e.g. {sorted(missing)[0]}")
     out = cells.drop(columns=PROB_COLUMNS).copy()
-    out[PROB_COLUMNS] = image_probs.loc[cells["image_id"]].to_numpy()
+    out[PROB_COLUMNS] = image_probabilities(cells, images)
     if "source" in out.columns:
         out["source"] = "naive"
     return out.reset_index(drop=True)
@@ -300,7 +306,7 @@ def naive_cells_from_images(cells: pd.DataFrame, images: pd.DataFrame) -> pd.Dat
 
 __all__: Sequence[str] = [
     "METHODS", "MATCH_MODES", "UNMATCHED_POLICIES", "IOU_THRESHOLD", "EnsembleError", "Source", "read_source",
-    "rank_scores", "combine", "greedy_match", "align", "ensemble", "naive_cells_from_images",
+    "rank_scores", "combine", "greedy_match", "align", "ensemble", "image_probabilities", "naive_cells_from_images",
 ]
 
 

@@ -3,6 +3,12 @@
 Inputs are per-cell tables and/or submission CSVs; the output is a per-cell table on the
 primary source's cells (and optionally a submission CSV). See :mod:`wsss.ensemble` for the
 matching rules, the unmatched-cell policies and the methods.
+
+Post-processing (:mod:`wsss.postprocess`, section ``postprocess`` of ``configs/ensemble.yaml``, every
+step off by default): image/cell blending (needs ``--images``, image-level tables such as
+``images_stage1.parquet``), Negative suppression, border and small-cell down-weighting, applied to
+the combined table in that order; the resolved section is written beside the output as
+``{OUT stem}_config.yaml``.
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ from wsss.ensemble import (
     ensemble,
     read_source,
 )
+from wsss.config import ConfigError, apply_overrides, load_config, merge, save_config
 from wsss.fileio import OutputPathError, check_output_file
 from wsss.masks import MaskError
+from wsss.postprocess import PostParams, default_config, postprocess
+from wsss.schema import PROB_COLUMNS
+from wsss.tables import check_probabilities
 from wsss.submission import build_submission, read_image_sizes, write_submission
 
 logger = logging.getLogger(__name__)
@@ -65,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fill-value", type=float, default=0.0, help="score of a missing source with --unmatched fill")
     parser.add_argument("--missing-score", type=float, default=0.0,
                         help="score of a class a submission input does not list for a mask (default 0)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML with a postprocess section (configs/ensemble.yaml; every step off by default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set postprocess.blend.image=0.3 (repeatable)")
+    parser.add_argument("--images", type=Path, nargs="+", default=None,
+                        help="image-level tables (image_id, p_0..p_18; several are averaged) for postprocess.blend")
     parser.add_argument("--submission", type=Path, default=None, help="also write a submission CSV here")
     parser.add_argument("--ids", type=Path, default=None, help="image list for --submission (see wsss-submit --ids)")
     parser.add_argument("--min-confidence", type=float, default=None, help="confidence floor for --submission")
@@ -85,6 +101,36 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _postprocess_config(args: argparse.Namespace) -> tuple[dict, PostParams]:
+    """Defaults, then ``--config``, then ``--set``; checked (:class:`~wsss.config.ConfigError`)."""
+    cfg = default_config()
+    if args.config is not None:
+        cfg = merge(cfg, load_config(args.config))
+    cfg = apply_overrides(cfg, args.overrides)
+    params = PostParams.from_config(cfg)
+    if params.needs_images and not args.images:
+        raise ConfigError("postprocess.blend.image > 0 needs image-level tables: --images images_stage1.parquet")
+    return cfg, params
+
+
+def _read_image_tables(paths: Sequence[Path]) -> pd.DataFrame:
+    """Image-level tables (parquet or CSV with ``image_id, p_0..p_18``) stacked; the blend averages duplicates."""
+    frames = []
+    for path in paths:
+        if not path.is_file():
+            raise EnsembleError(f"{path}: image-level table not found")
+        try:
+            df = pd.read_csv(path, dtype={"image_id": str}) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        except Exception as exc:
+            raise EnsembleError(f"{path}: cannot read ({exc})") from exc
+        missing = [c for c in ("image_id", *PROB_COLUMNS) if c not in df.columns]
+        if missing:
+            raise EnsembleError(f"{path}: not an image-level table, missing column(s) {', '.join(missing[:5])}")
+        check_probabilities(df.assign(cell_id=0), path)
+        frames.append(df[["image_id", *PROB_COLUMNS]])
+    return pd.concat(frames, ignore_index=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``wsss-ensemble``."""
     args = build_parser().parse_args(argv)
@@ -98,19 +144,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in (args.out, args.submission):  # before the work: a path that cannot be written loses nothing
             if path is not None:
                 check_output_file(path)
+        cfg, params = _postprocess_config(args)
+        image_tables = _read_image_tables(args.images) if params.needs_images else None
         images = read_image_sizes(args.ids) if args.ids is not None and args.submission is not None else None
         sources = [read_source(p, w, name, args.missing_score) for p, w, name in zip(args.inputs, weights, names)]
         out = ensemble(sources, primary=args.primary, method=args.method, match=args.match,
                        iou_threshold=args.iou, unmatched=args.unmatched, fill_value=args.fill_value, progress=True,
                        max_unmatched=args.max_unmatched)
+        out = postprocess(out, params, image_tables)
         _write_table(out, args.out)
+        save_config(cfg, args.out.with_name(f"{args.out.stem}_config.yaml"))
         if args.submission is not None:
             write_submission(build_submission(out, images, min_confidence=args.min_confidence, progress=True),
                              args.submission)
-    except (EnsembleError, MaskError, OutputPathError) as exc:  # SubmissionError included
+    except (EnsembleError, MaskError, OutputPathError, ConfigError) as exc:  # SubmissionError included
         return refuse("wsss-ensemble", exc)
     coverage = out["n_sources"].value_counts().sort_index()
     print("sources covering a cell: " + ", ".join(f"{k}: {v}" for k, v in coverage.items()))
+    print("post-processing: " + ("; ".join(params.active) or "none"))
     print(f"wsss-ensemble: {len(sources)} sources ({args.method}) -> {len(out)} cells in "
           f"{out['image_id'].nunique()} images -> {args.out}"
           + (f" (submission: {args.submission})" if args.submission else ""))

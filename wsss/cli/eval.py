@@ -12,6 +12,14 @@ Truth: a synthetic-format folder (``masks/{ID}_cells.png`` + ``cell_labels.csv``
 ``train.csv`` serves image tables), a ground-truth submission CSV, or an ``ID,Label`` CSV (image
 tables only; also ``--labels``). Prints the per-class tables and writes them as CSV (and the
 per-cell AP chart as PNG with ``--plot``).
+
+After the per-class table a summary gives every per-cell prediction's mAP under both protocols,
+on all images and on the heterogeneous ones (true cells that do not all carry one label set), over
+all classes and over classes 0-17 (Negative left out). ``--references`` adds two references
+computed on the masks of one prediction (``--reference-masks NAME``, default the first):
+``truth-broadcast`` (each cell its image's true labels) and ``oracle`` (each cell matched to a
+true cell at the IoU threshold given its true labels, unmatched cells nothing); see
+:mod:`wsss.metrics.references`.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from wsss.metrics.cell import (
     truth_from_label_dir,
     truth_from_submission,
 )
+from wsss.metrics.references import REFERENCES, format_summary, references, summary_table
 from wsss.schema import PROB_COLUMNS
 from wsss.fileio import OutputPathError, check_output_file
 from wsss.masks import MaskError
@@ -89,8 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only-predicted", action="store_true",
                         help="score only images present in every prediction (e.g. one fold's OOF tables); "
                              "default: every truth image, unpredicted cells count as misses")
+    parser.add_argument("--references", action="store_true",
+                        help="also score truth-broadcast (each cell its image's true labels) and oracle (each cell "
+                             "matched to a true cell given its true labels) on the masks of --reference-masks")
+    parser.add_argument("--reference-masks", default=None, metavar="NAME",
+                        help="the prediction whose masks the references use (default: the first per-cell one)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="per-cell AP table CSV (the image-level table goes to OUT_image.csv)")
+                        help="per-cell AP table CSV (the image-level table goes to OUT_image.csv, the summary "
+                             "to OUT_summary.csv)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG bar chart of per-class per-cell AP")
     return parser
 
@@ -151,7 +166,8 @@ def summary_names(iou: float, protocol: str) -> dict[str, str]:
     """Names of the summary rows of :func:`cell_table`: chosen protocol, its tie range, the other protocol."""
     other = next(p for p in PROTOCOLS if p != protocol)
     return {"map": f"mAP@{iou:g} {protocol}", "best": f"{protocol} best tie order",
-            "worst": f"{protocol} worst tie order", "other": f"mAP@{iou:g} {other}"}
+            "worst": f"{protocol} worst tie order", "other": f"mAP@{iou:g} {other}",
+            "map17": f"mAP@{iou:g} {protocol} classes 0-17", "other17": f"mAP@{iou:g} {other} classes 0-17"}
 
 
 def cell_table(preds: dict[str, dict[str, PredImage]], truth: dict[str, TruthImage], iou: float,
@@ -159,7 +175,8 @@ def cell_table(preds: dict[str, dict[str, PredImage]], truth: dict[str, TruthIma
     """Per-class per-cell AP of each prediction (columns) under ``protocol`` plus summary rows.
 
     Summary rows (see :func:`summary_names`): the mAP with ``ties``, the worst and best mAP over
-    orders of tied confidences, and the mAP under the other protocol (with ``ties``).
+    orders of tied confidences, the mAP under the other protocol (with ``ties``), and both
+    protocols' mAP over classes 0-17 (Negative left out).
     """
     names = summary_names(iou, protocol)
     table: pd.DataFrame | None = None
@@ -173,15 +190,16 @@ def cell_table(preds: dict[str, dict[str, PredImage]], truth: dict[str, TruthIma
         table[name] = per_class["ap"]
         worst, best = matches.tie_range(protocol)
         other = next(p for p in PROTOCOLS if p != protocol)
-        for key, value in (("map", result.map), ("worst", worst), ("best", best),
-                           ("other", matches.result(other, ties).map)):
+        other_result = matches.result(other, ties)
+        no_negative = range(NUM_CLASSES - 1)
+        for key, value in (("map", result.map), ("worst", worst), ("best", best), ("other", other_result.map),
+                           ("map17", result.map_over(no_negative)), ("other17", other_result.map_over(no_negative))):
             summary[key][name] = value
     assert table is not None
     n_gt = int(table["n_gt"].sum())
     for row in summary.values():
         row["n_gt"] = n_gt
-    return pd.concat([table, pd.DataFrame([summary[k] for k in ("map", "worst", "best", "other")])],
-                     ignore_index=True)
+    return pd.concat([table, pd.DataFrame([summary[k] for k in names])], ignore_index=True)
 
 
 def image_table(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -241,6 +259,21 @@ def plot_cell_table(table: pd.DataFrame, names: Sequence[str], path: Path, title
     return path
 
 
+def add_references(cell_preds: dict[str, dict[str, PredImage]], truth: dict[str, TruthImage], masks_of: str | None,
+                   iou: float, overlap: str) -> str:
+    """Add the truth-broadcast and oracle references on the masks of ``masks_of`` (default the first); its name."""
+    if not cell_preds:
+        raise EvalError("--references needs a per-cell prediction (its masks)")
+    name = masks_of or next(iter(cell_preds))
+    if name not in cell_preds:
+        raise EvalError(f"--reference-masks {name}: no per-cell prediction of that name ({', '.join(cell_preds)})")
+    clash = [r for r in REFERENCES if r in cell_preds]
+    if clash:
+        raise EvalError(f"prediction name {clash[0]!r} is taken by a reference; rename it with --names")
+    cell_preds.update(references(cell_preds[name], truth, iou, overlap))
+    return name
+
+
 def run(args: argparse.Namespace) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """Evaluate every prediction; returns the per-cell and the image-level tables (None when not applicable)."""
     names = args.names or [p.stem for p in args.preds]
@@ -267,10 +300,18 @@ def run(args: argparse.Namespace) -> tuple[pd.DataFrame | None, pd.DataFrame | N
         truth = _read_truth(args.truth, ids)
         if not truth:
             raise EvalError(f"{args.truth}: no ground-truth image to score")
+        ref_masks = (add_references(cell_preds, truth, args.reference_masks, args.iou, args.overlap)
+                     if args.references else None)
         cells = cell_table(cell_preds, truth, args.iou, args.ties, args.protocol, args.overlap)
         print(f"per-cell AP over {len(truth)} images: {describe(args.protocol, args.overlap, args.iou, args.ties)} "
-              f"(last rows: tie range over orders of tied confidences, and the other protocol)")
+              f"(last rows: tie range over orders of tied confidences, the other protocol, classes 0-17)")
         print(cells.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        summary = summary_table(cell_preds, truth, args.iou, args.overlap, args.ties)
+        cells.attrs["summary"] = summary
+        where = f"; references on the masks of {ref_masks}" if ref_masks else ""
+        title = (f"summary: per-cell mAP, both protocols, {args.overlap} IoU >= {args.iou:g}, {args.ties} ties, "
+                 f"{summary.attrs['n_all']} images ({summary.attrs['n_hetero']} heterogeneous){where}")
+        print(format_summary(summary, title))
     if image_preds:
         images = image_table(image_preds, _read_labels(args.truth, args.labels), args.threshold)
         print(f"image-level AP and F1 (threshold {args.threshold:g})")
@@ -293,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if cells is not None:
             cells.to_csv(args.out, index=False)
-            print(f"wsss-eval: per-cell table -> {args.out}")
+            summary_path = args.out.with_name(args.out.stem + "_summary.csv")
+            cells.attrs["summary"].to_csv(summary_path, index=False)
+            print(f"wsss-eval: per-cell table -> {args.out}, summary -> {summary_path}")
         if images is not None:
             image_path = args.out.with_name(args.out.stem + "_image.csv")
             images.to_csv(image_path, index=False)

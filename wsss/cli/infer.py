@@ -54,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers")
     p.add_argument("--precision", choices=("auto", "32", "16", "bf16"), default=None,
                    help="autocast precision (default auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32)")
-    p.add_argument("--tta", action="store_true", help="flip TTA (modes from tta_modes in the config)")
+    p.add_argument("--tta", nargs="?", const="flip", default=None, metavar="flip|d4",
+                   help="test-time augmentation: --tta or --tta flip = the flips of tta_modes in the config; "
+                        "--tta d4 = all 8 flips/transposes (stage 1 CAMs, stage 2 crops); --tta none = off")
+    p.add_argument("--scales", default=None, metavar="S,S,...",
+                   help="stage 1 multi-scale CAMs, e.g. 0.5,1,1.5,2 (resized to the base CAM size and averaged "
+                        "before normalisation; default from config: 1)")
     p.add_argument("--config", type=Path, default=None, help="YAML merged over the defaults (configs/infer.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set stage1.threshold=0.4 (repeatable)")
@@ -76,8 +81,15 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
                        ("precision", args.precision)):
         if value is not None:
             cfg[key] = value
-    if args.tta:
-        cfg["tta"] = True
+    if args.tta is not None:
+        cfg["tta"] = True if args.tta == "flip" else (False if args.tta in ("none", "off") else args.tta)
+    if args.scales is not None:
+        from wsss.infer.tta import parse_scales
+
+        try:
+            cfg["scales"] = list(parse_scales(args.scales))
+        except ValueError as exc:
+            raise ConfigError(f"--scales: {exc}") from None
     check_infer_config(cfg)
     return cfg
 
@@ -157,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_ws(args: argparse.Namespace, cfg: dict[str, Any], ckpt: Any, device: Any) -> int:
     """``--stage ws``: the watershed class head's mean probability in every cell (:mod:`wsss.infer.watershed_stage`)."""
     from wsss.infer.sources import ImageSource, MaskSource
+    from wsss.infer.tta import tta_modes
     from wsss.infer.watershed_stage import run_stage_ws
     from wsss.watershed.predict import load_watershed
 
@@ -165,7 +178,7 @@ def _run_ws(args: argparse.Namespace, cfg: dict[str, Any], ckpt: Any, device: An
     masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
     ids = select_ids(args, images.list_ids())
     path, skipped, n_cells = run_stage_ws(net, model_cfg, ids, images, masks, args.out,
-                                          fold=-1 if args.fold is None else args.fold, tta=bool(cfg.get("tta")),
+                                          fold=-1 if args.fold is None else args.fold, tta=bool(tta_modes(cfg.get("tta"), cfg["tta_modes"])),
                                           device=device)
     print(f"{PROG}: stage ws: {len(ids) - len(skipped)} images, {n_cells} cells; {len(skipped)} skipped\n  cells: {path}")
     for image_id, reason in skipped:

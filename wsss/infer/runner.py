@@ -4,7 +4,8 @@ Both drivers take a model object (anything whose ``forward(x)`` returns ``(logit
 they run the same with a real checkpoint (:func:`wsss.cli.infer.main`) and a test module.
 
 * Stage 1 (:func:`run_stage1`): images resized to the model's input size and normalised with the
-  checkpoint's mean/std go through the network in batches (flip TTA views in the same batch);
+  checkpoint's mean/std go through the network in batches (TTA views in the same batch; optional
+  multi-scale passes, :mod:`wsss.infer.cams`);
   the sigmoid gives the image-level table, the normalised CAMs times each image's label map give
   the per-cell table (:mod:`wsss.infer.scoring`).
 * Stage 2 (:func:`run_stage2`): every cell is cropped from the normalised image at its own
@@ -41,12 +42,13 @@ from wsss.data.classes import NUM_CLASSES
 from wsss.data.dataset import normalize
 from wsss.data.io import resize_rgby
 from wsss.fileio import ResumeError, atomic_write_bytes, changed_settings, read_record, write_json
-from wsss.infer.cams import amp_name, autocast_context, check_tta, flip, forward_cams
+from wsss.infer.cams import amp_name, forward_cams, forward_probs
 from wsss.infer.crops import CropParams, extract_crops
 from wsss.infer.scoring import ScoreParams, cell_footprints, cell_measures, cell_probabilities
 from wsss.masks import CellIndex, index_cells
 from wsss.infer.sources import ImageSource, InputError, MaskSource
 from wsss.infer.tables import PartWriter, cell_frame, image_frame
+from wsss.infer.tta import check_tta, parse_scales
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class InferSettings:
     workers: int = 0
     precision: str = "auto"
     tta: tuple[str, ...] = ()
+    scales: tuple[float, ...] = (1.0,)
     chunk_images: int = 64
     source: str = "stage1"
     fold: int = -1
@@ -171,7 +174,8 @@ def scoring_settings(settings: InferSettings, stage: int) -> dict[str, Any]:
               "precision": amp_name(settings.precision, settings.device),
               "mask_working_size": settings.mask_working_size}
     if stage == 1:
-        return {"input_size": settings.input_size, **common, "score": asdict(settings.score)}
+        multi = {} if tuple(settings.scales) == (1.0,) else {"scales": list(settings.scales)}  # old digests kept
+        return {"input_size": settings.input_size, **common, **multi, "score": asdict(settings.score)}
     return {**common, "crop": asdict(settings.crop), "crop_image_size": settings.crop_image_size}
 
 
@@ -279,6 +283,7 @@ def _start_run(ids: Sequence[str], settings: InferSettings, stage: int, tables: 
     """Common start of a stage: check the run folder, open its part writer, pick the ids left to do."""
     out_dir = Path(settings.out_dir)
     tta = check_tta(settings.tta)
+    parse_scales(list(settings.scales))
     _check_run_info(out_dir, f"stage{stage}", _run_info(settings, stage))
     writer = PartWriter(out_dir, f"stage{stage}", tables)
     todo, done_before = _select(ids, writer)
@@ -303,7 +308,7 @@ def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
         if not ok:
             continue
         x = torch.stack([it["image"] for it in ok]).to(settings.device)
-        probs, cams = forward_cams(model, x, tta, settings.precision)
+        probs, cams = forward_cams(model, x, tta, settings.precision, settings.scales, cam_hw)
         probs_np = probs.cpu().numpy()
         for j, item in enumerate(ok):
             overlap, magnitude = cell_measures(item["footprints"], cams[j], settings.score.threshold)
@@ -314,16 +319,6 @@ def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
             chunk.flush(writer)
     chunk.flush(writer)
     return _finish(summary, writer, out_dir, "stage1", started)
-
-
-@torch.inference_mode()
-def forward_probs(model: nn.Module, x: torch.Tensor, tta: Sequence[str] = (), precision: str = "auto") -> torch.Tensor:
-    """Sigmoid probabilities ``B x C`` of a batch, averaged over flip TTA views (one forward pass)."""
-    modes = check_tta(tta)
-    batch = torch.cat([x] + [flip(x, m) for m in modes], dim=0) if modes else x
-    with autocast_context(batch.device, precision):
-        logits, _ = model(batch)
-    return torch.sigmoid(logits.float()).reshape(len(modes) + 1, x.shape[0], -1).mean(dim=0)
 
 
 def _score_crops(model: nn.Module, crops: torch.Tensor, settings: InferSettings, tta: tuple[str, ...]) -> np.ndarray:
@@ -387,7 +382,8 @@ def render_overlays(model: nn.Module, ids: Sequence[str], images: ImageSource, m
         cells = index_cells(maps.cells)
         if stage == 1:
             x = normalize(resize_rgby(rgby, settings.input_size), settings.mean, settings.std)[None]
-            probs, cams = forward_cams(model, x.to(settings.device), tta, settings.precision)
+            probs, cams = forward_cams(model, x.to(settings.device), tta, settings.precision, settings.scales,
+                                       probe_cam_size(model, settings.input_size, settings.device))
             fp = cell_footprints(cells, tuple(cams.shape[-2:]))
             cell_p = cell_probabilities(*cell_measures(fp, cams[0], settings.score.threshold),
                                         probs[0].cpu().numpy(), settings.score)

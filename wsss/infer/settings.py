@@ -13,10 +13,10 @@ import torch
 
 from wsss.config import TypeSpec, check_config
 from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
-from wsss.infer.cams import check_tta
 from wsss.infer.crops import CropParams
 from wsss.infer.runner import InferSettings, RunError
 from wsss.infer.scoring import ScoreParams
+from wsss.infer.tta import parse_scales, tta_modes
 from wsss.precision import PRECISION_CHOICES
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "precision": "auto",
     "tta": False,
     "tta_modes": ["hflip", "vflip"],
+    "scales": [1.0],
     "chunk_images": 64,
     "source": None,
     "masks": {"working_size": 512},
@@ -42,6 +43,8 @@ CHECKPOINT_NAMES: tuple[str, ...] = ("best.safetensors", "last.safetensors")
 #: is written into the saved ``config_stage{n}.yaml`` (which can be given back as ``--config``).
 CONFIG_TYPES: dict[str, TypeSpec] = {
     "precision": (str, int),  # auto | 16 | bf16 | 32
+    "tta": (bool, str, None),  # false | true (= flip: tta_modes) | flip | d4 | a comma list of D4 mode names
+    "scales": (list, str, float, None),  # [1.0] | [0.5, 1, 1.5, 2] | "0.5,1,1.5,2"
     "source": (str, None),
     "masks.working_size": (int, None),
     "stage1.input_size": (int, None),
@@ -131,7 +134,11 @@ def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg:
     precision = str(cfg["precision"])
     if precision not in PRECISION_CHOICES:
         raise RunError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
-    tta = check_tta(cfg["tta_modes"]) if cfg.get("tta") else ()
+    try:
+        tta = tta_modes(cfg.get("tta"), cfg["tta_modes"])
+        scales = parse_scales(cfg.get("scales"))
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     device = resolve_device(cfg["device"])
     stage2 = dict(cfg["stage2"])
     stage2["size"] = crop_side(stage2.get("size"), int(input_size))
@@ -140,7 +147,7 @@ def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg:
         mean=tuple(float(v) for v in (model_cfg.get("mean") or DEFAULT_MEAN)),
         std=tuple(float(v) for v in (model_cfg.get("std") or DEFAULT_STD)),
         device=device, batch_size=int(cfg["batch_size"]), workers=int(cfg["workers"]), precision=precision,
-        tta=tta, chunk_images=int(cfg["chunk_images"]),
+        tta=tta, scales=scales, chunk_images=int(cfg["chunk_images"]),
         source=str(cfg.get("source") or f"stage{stage}:{model_name}"), fold=int(fold),
         mask_working_size=cfg["masks"].get("working_size"),
         score=ScoreParams.from_mapping(cfg["stage1"]), crop=CropParams.from_mapping(stage2),

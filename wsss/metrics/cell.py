@@ -217,7 +217,16 @@ class CellMapResult:
     @property
     def map(self) -> float:
         """Mean AP over the classes with ground truth (``nan`` if none has)."""
+        return self.map_over(None)
+
+    def map_over(self, classes: Sequence[int] | None = None) -> float:
+        """Mean AP over ``classes`` (all when ``None``) that have ground truth (``nan`` if none has);
+        ``map_over(range(18))`` is the mAP without Negative."""
         valid = self.n_gt > 0
+        if classes is not None:
+            chosen = np.zeros(valid.size, dtype=bool)
+            chosen[[int(c) for c in classes if 0 <= int(c) < valid.size]] = True
+            valid &= chosen
         return float(np.mean(self.ap[valid])) if valid.any() else float("nan")
 
     @property

@@ -1,0 +1,627 @@
+"""Measure each lever of the recipe on out-of-fold data, alone and together, over several seeds.
+
+Steps (each one a project command called in-process; a finished step leaves ``OUT/steps/NAME.done``
+and is skipped on a re-run, so a killed run resumes where it stopped):
+
+1. data: ``wsss-synth`` (``--variability``: share of heterogeneous images), ``wsss-prepare``,
+   ``wsss-folds`` (``--n-folds``), ``wsss-segment`` (``hpa_seg`` masks of every image);
+2. per training seed and fold: ``wsss-train`` (fold ``k`` held out), then ``wsss-infer`` on fold ``k``:
+   stage 1 plain, ``--tta d4``, ``--scales`` (multi-scale), both; stage 2 plain and ``--tta d4``;
+   with the issue-13 cell classifier merged (``wsss-train --task cell``, ``wsss-infer --stage
+   cell``, detected; skipped with a printed line when absent) also the cell classifier, and with
+   ``wsss-pseudo`` one pseudo-label round per ``--pseudo-rounds`` (OOF ensemble -> soft targets ->
+   cell classifier retrained);
+3. per seed: ``wsss-oof`` joins each variant's folds; every method below is scored against the
+   synthetic truth (:func:`wsss.metrics.references.summary_scores`: official and strict protocol,
+   all and heterogeneous images, all classes and 0-17), with the truth-broadcast and the oracle
+   references on the same masks;
+4. the table: mean and spread (sample standard deviation) over the seeds, then each lever's change
+   against the plain ``ensemble`` (stage 1 + stage 2, geometric mean) per seed, with a verdict:
+   ``helps`` when it is higher in every seed, ``hurts`` when lower in every seed, else ``no clear gain``;
+   ``helping levers`` is the ensemble with every lever whose verdict is ``helps`` under the official
+   protocol on all images and not ``hurts`` under the strict one (chosen on the same data, so
+   optimistic: confirm on another data seed, ``--data-seed``).
+
+Methods: ``naive``, ``stage1``, ``stage2``, ``ensemble`` (the baseline), the TTA tables alone, then
+one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+blend``, ``+negative
+suppression``, ``+border``, ``+small``, ``+cell classifier``, ``+pseudo rounds``), ``all levers`` and
+``helping levers``.
+Post-processing runs through :func:`wsss.postprocess.postprocess` (what ``wsss-ensemble --config``
+does). Budgets (``--budget``): ``test`` (seconds, the test suite), ``tiny`` (a few minutes),
+``real`` (the measurement of the issue: 400 images at 384 px, variability 0.7, 4 folds -> 300
+training images per model, 2 seeds; about 10 minutes per model on a 2-core AVX2 CPU). Any budget
+value can be overridden (``--count``, ``--size``, ``--epochs`` ...). Example::
+
+    python scripts/levers.py --budget tiny --out levers_tiny
+    python scripts/levers.py --budget real --out levers_real --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from wsss.cli.demo import show_progress  # noqa: E402
+from wsss.ensemble import Source, ensemble, naive_cells_from_images  # noqa: E402
+from wsss.fileio import atomic_write_bytes  # noqa: E402
+from wsss.metrics.cell import preds_from_cell_table, truth_from_label_dir  # noqa: E402
+from wsss.metrics.references import (  # noqa: E402
+    REFERENCES,
+    heterogeneous_ids,
+    references,
+    summary_key,
+    summary_scores,
+)
+from wsss.postprocess import PostParams, postprocess  # noqa: E402
+from wsss.tables import read_cell_table  # noqa: E402
+
+logger = logging.getLogger("levers")
+
+BASELINE = "ensemble"
+HELPING = "helping levers"
+#: Bumped when the methods scored change, so cached scores of an older script are not reused.
+SCORES_VERSION = 2
+#: The metrics a verdict looks at (keys of :func:`summary_scores`).
+VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-17")
+#: Stage-1 and stage-2 inference variants: name -> extra wsss-infer arguments.
+STAGE1_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"], "ms": ["--scales", "{scales}"],
+                                         "d4ms": ["--tta", "d4", "--scales", "{scales}"]}
+STAGE2_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"]}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work a run does."""
+
+    count: int
+    size: int
+    variability: float
+    n_folds: int
+    epochs: int
+    seeds: tuple[int, ...]
+    config: str = "configs/cpu_demo.yaml"
+    batch_size: int = 16
+
+
+BUDGETS: dict[str, Budget] = {
+    "test": Budget(count=16, size=128, variability=0.7, n_folds=2, epochs=1, seeds=(0, 1), batch_size=8),
+    "tiny": Budget(count=128, size=128, variability=0.7, n_folds=2, epochs=10, seeds=(0, 1), batch_size=8),
+    "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1)),
+}
+
+
+@dataclass(frozen=True)
+class Levers:
+    """The post-processing levers' settings (each measured alone and in ``all levers``)."""
+
+    scales: str = "0.5,1,1.5,2"
+    blend_cell: float = 0.7
+    blend_image: float = 0.3
+    border_factor: float = 0.5
+    small_factor: float = 0.5
+    small_area: float = 0.5
+    pseudo_rounds: int = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``scripts/levers.py``."""
+    p = argparse.ArgumentParser(description="Measure each lever (TTA d4, multi-scale, blending, Negative suppression, "
+                                            "border/small down-weighting, cell classifier, pseudo-label rounds) on "
+                                            "out-of-fold synthetic data, alone and together, over several seeds.")
+    p.add_argument("--out", type=Path, required=True, help="working folder (resumable)")
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="tiny", help="size of the run (default tiny)")
+    p.add_argument("--count", type=int, default=None, help="synthetic images (default: the budget's)")
+    p.add_argument("--size", type=int, default=None, help="image side in px (default: the budget's)")
+    p.add_argument("--variability", type=float, default=None, help="wsss-synth --variability (default: the budget's)")
+    p.add_argument("--n-folds", type=int, default=None, help="folds (default: the budget's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: the budget's)")
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default: the budget's; >= 2)")
+    p.add_argument("--config", default=None, help="training config (default configs/cpu_demo.yaml)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the budget's)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data and the folds (default 0)")
+    p.add_argument("--scales", default=Levers.scales, help=f"multi-scale factors (default {Levers.scales})")
+    p.add_argument("--blend", default=f"{Levers.blend_cell},{Levers.blend_image}", help="cell,image blend weights")
+    p.add_argument("--border-factor", type=float, default=Levers.border_factor, help="border-cell factor")
+    p.add_argument("--small", default=f"{Levers.small_factor},{Levers.small_area}",
+                   help="small-cell factor,area (area as a fraction of the image's median cell area)")
+    p.add_argument("--pseudo-rounds", type=int, default=Levers.pseudo_rounds, help="pseudo-label rounds (wsss-pseudo)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of synth/prepare/segment (default 1)")
+    return p
+
+
+@dataclass(frozen=True)
+class Run:
+    """Resolved settings of one run (saved as ``OUT/settings.json``)."""
+
+    out: Path
+    budget: Budget
+    levers: Levers
+    data_seed: int = 0
+    workers: int = 1
+
+    @property
+    def synth(self) -> Path:
+        return self.out / "synth"
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+    @property
+    def seg(self) -> Path:
+        return self.out / "seg"
+
+    @property
+    def folds(self) -> Path:
+        return self.out / "folds.csv"
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.out / f"seed{seed}"
+
+
+def run_from_args(args: argparse.Namespace) -> Run:
+    """:class:`Run` from the arguments: the budget, then every explicit value."""
+    b = BUDGETS[args.budget]
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else b.seeds
+    budget = replace(b, count=args.count or b.count, size=args.size or b.size,
+                     variability=b.variability if args.variability is None else args.variability,
+                     n_folds=args.n_folds or b.n_folds, epochs=args.epochs or b.epochs, seeds=seeds,
+                     config=args.config or b.config, batch_size=args.batch_size or b.batch_size)
+    blend = [float(v) for v in args.blend.split(",")]
+    small = [float(v) for v in args.small.split(",")]
+    levers = Levers(scales=args.scales, blend_cell=blend[0], blend_image=blend[1], border_factor=args.border_factor,
+                    small_factor=small[0], small_area=small[1], pseudo_rounds=args.pseudo_rounds)
+    return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class StepError(RuntimeError):
+    """A step whose command failed."""
+
+
+def step(run: Run, name: str, work: Callable[[], object]) -> bool:
+    """Run ``work`` unless ``OUT/steps/NAME.done`` exists; mark it done after. True when it ran."""
+    marker = run.out / "steps" / f"{name.replace('/', '_')}.done"
+    if marker.is_file():
+        print(f"[levers] {name}: done before, skipped", flush=True)
+        return False
+    start = time.perf_counter()
+    print(f"[levers] {name} ...", flush=True)
+    work()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(marker, f"{time.time():.0f}\n".encode())
+    print(f"[levers] {name}: {time.perf_counter() - start:.1f} s", flush=True)
+    return True
+
+
+def call(entry: Callable[[Sequence[str] | None], int], argv: list[str], ok: tuple[int, ...] = (0,)) -> None:
+    """One console script's ``main`` in-process; an exit code outside ``ok`` raises :class:`StepError`."""
+    code = entry(argv)
+    if code not in ok:
+        raise StepError(f"exit code {code}: {' '.join(argv)}")
+
+
+def prepare_data(run: Run) -> list[str]:
+    """Synthesise, prepare, fold and segment; return every id."""
+    from wsss.cli.folds import main as folds_main
+    from wsss.cli.prepare import main as prepare_main
+    from wsss.cli.segment import main as segment_main
+    from wsss.cli.synth import main as synth_main
+    from wsss.data.folds import read_folds
+
+    b, w = run.budget, str(run.workers)
+    step(run, "synth", lambda: call(synth_main, [str(run.synth), "--count", str(b.count), "--size", str(b.size),
+                                                 "--seed", str(run.data_seed), "--variability", str(b.variability),
+                                                 "--workers", w, "--quiet", "--sheet", "0", "--no-gallery"]))
+    step(run, "prepare", lambda: call(prepare_main, [str(run.synth / "train"), str(run.cache), "--size", str(b.size),
+                                                     "--workers", w, "--quiet"]))
+    step(run, "folds", lambda: call(folds_main, ["--csv", str(run.synth / "train.csv"), "--n-folds", str(b.n_folds),
+                                                 "--seed", str(run.data_seed), "--out", str(run.folds)]))
+    step(run, "segment", lambda: call(segment_main, [str(run.cache), str(run.seg), "--size", str(b.size),
+                                                     "--workers", w, "--quiet"]))
+    return sorted(read_folds(run.folds)["ID"].astype(str))
+
+
+def train_model(run: Run, seed: int, fold: int, out: Path, extra: Sequence[str] = ()) -> None:
+    """``wsss-train`` of one fold (resuming an unfinished run)."""
+    from wsss.cli.train import main as train_main
+
+    b = run.budget
+    argv = ["--config", str(ROOT / b.config) if not Path(b.config).is_absolute() else b.config, "--fold", str(fold),
+            "--cache", str(run.cache), "--folds", str(run.folds), "--out", str(out), "--epochs", str(b.epochs),
+            "--batch-size", str(b.batch_size), "--set", f"data.size={b.size}", "--set", f"train.seed={seed}",
+            "--set", "data.num_workers=0", "--quiet", *extra]
+    if (out / "last.safetensors").is_file():
+        argv.append("--resume")
+    call(train_main, argv)
+
+
+def infer(run: Run, stage: str, ckpt: Path, out: Path, fold: int, extra: Sequence[str]) -> None:
+    """``wsss-infer --stage STAGE`` on fold ``fold``'s validation ids."""
+    from wsss.cli.infer import main as infer_main
+
+    argv = ["--stage", stage, "--ckpt", str(ckpt), "--images", str(run.cache), "--masks", str(run.seg),
+            "--out", str(out), "--fold", str(fold), "--folds", str(run.folds), "--workers", "0",
+            *[a.replace("{scales}", run.levers.scales) for a in extra]]
+    call(infer_main, argv, ok=(0, 1))
+
+
+def oof(run: Run, runs: Sequence[Path], out: Path, stage: int) -> None:
+    """``wsss-oof`` of the folds' runs of one variant."""
+    from wsss.cli.oof import main as oof_main
+
+    call(oof_main, [*map(str, runs), "--folds", str(run.folds), "--out", str(out), "--stage", str(stage),
+                    "--allow-missing"])
+
+
+# --------------------------------------------------------------------------- optional levers (issue 13)
+
+
+def available(what: str) -> bool:
+    """Whether the cell classifier's commands exist: ``train`` (``wsss-train --task``), ``infer``
+    (``wsss-infer --stage cell``), ``pseudo`` (``wsss.cli.pseudo``)."""
+    if what == "train":
+        from wsss.cli.train import build_parser as train_parser
+
+        return any("--task" in a.option_strings for a in train_parser()._actions)
+    if what == "infer":
+        from wsss.cli import infer as infer_cli
+
+        try:
+            infer_cli._stage("cell")
+        except argparse.ArgumentTypeError:
+            return False
+        return True
+    return importlib.util.find_spec("wsss.cli.pseudo") is not None
+
+
+def cell_table_of(folder: Path) -> Path:
+    """The per-cell table a ``wsss-oof`` (or ``wsss-infer``) run of the cell classifier wrote in ``folder``."""
+    found = sorted(folder.glob("oof_cells_*.parquet")) or sorted(folder.glob("cells_*.parquet"))
+    if not found:
+        raise StepError(f"{folder}: no per-cell table")
+    return found[0]
+
+
+def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> Path | None:
+    """Train and run the cell classifier on every fold (soft ``targets`` from ``wsss-pseudo``, else the image
+    labels); return its OOF per-cell table, or None when the commands are absent or fail (printed)."""
+    if not (available("train") and available("infer")):
+        print(f"[levers] {name}: skipped (wsss-train --task cell / wsss-infer --stage cell not available)", flush=True)
+        return None
+    from wsss.cli.oof import main as oof_main
+
+    base = run.seed_dir(seed) / name
+    extra = ["--task", "cell", "--set", f"masks={run.seg}"] + (["--set", f"data.targets={targets}"] if targets else [])
+    try:
+        for fold in range(run.budget.n_folds):
+            step(run, f"seed{seed}/{name}/train{fold}",
+                 lambda f=fold: train_model(run, seed, f, base / f"run_fold{f}", extra))
+            step(run, f"seed{seed}/{name}/infer{fold}",
+                 lambda f=fold: infer(run, "cell", base / f"run_fold{f}", base / f"infer_fold{f}", f, []))
+        step(run, f"seed{seed}/{name}/oof", lambda: call(oof_main, [
+            *[str(base / f"infer_fold{f}") for f in range(run.budget.n_folds)], "--folds", str(run.folds),
+            "--out", str(base / "oof"), "--stage", "cell", "--allow-missing"]))
+        return cell_table_of(base / "oof")
+    except (StepError, SystemExit) as exc:
+        print(f"[levers] {name}: skipped, the cell classifier's commands failed ({exc}); adapt the arguments in "
+              f"scripts/levers.py cell_classifier() to their final form", flush=True)
+        return None
+
+
+def pseudo_targets(run: Run, seed: int, round_: int, table: Path) -> Path | None:
+    """``wsss-pseudo`` soft targets from an OOF per-cell table, or None (printed) when absent or failing."""
+    if not available("pseudo"):
+        print(f"[levers] pseudo round {round_}: skipped (wsss-pseudo not available)", flush=True)
+        return None
+    from wsss.cli.pseudo import main as pseudo_main  # type: ignore[import-not-found]
+
+    out = run.seed_dir(seed) / f"pseudo{round_}"
+    try:
+        step(run, f"seed{seed}/pseudo{round_}", lambda: call(pseudo_main, [str(table), "--out", str(out)]))
+    except (StepError, SystemExit) as exc:
+        print(f"[levers] pseudo round {round_}: skipped, wsss-pseudo failed ({exc})", flush=True)
+        return None
+    return out
+
+
+# --------------------------------------------------------------------------- one seed
+
+
+def run_seed(run: Run, seed: int) -> dict[str, Path]:
+    """Train every fold, run every inference variant, merge out of fold; return the OOF tables by name."""
+    sd = run.seed_dir(seed)
+    folds = range(run.budget.n_folds)
+    for fold in folds:
+        ckpt = sd / f"run_fold{fold}"
+        step(run, f"seed{seed}/train{fold}", lambda f=fold, c=ckpt: train_model(run, seed, f, c))
+        for stage, variants in (("1", STAGE1_VARIANTS), ("2", STAGE2_VARIANTS)):
+            for variant, extra in variants.items():
+                step(run, f"seed{seed}/stage{stage}_{variant}/fold{fold}",
+                     lambda s=stage, v=variant, e=extra, f=fold, c=ckpt: infer(
+                         run, s, c, sd / f"stage{s}_{v}" / f"fold{f}", f, e))
+    tables: dict[str, Path] = {}
+    for stage, variants in ((1, STAGE1_VARIANTS), (2, STAGE2_VARIANTS)):
+        for variant in variants:
+            out = sd / f"stage{stage}_{variant}" / "oof"
+            step(run, f"seed{seed}/stage{stage}_{variant}/oof",
+                 lambda s=stage, v=variant, o=out: oof(run, [sd / f"stage{s}_{v}" / f"fold{f}" for f in folds], o, s))
+            tables[f"s{stage}_{variant}"] = out / f"oof_cells_stage{stage}.parquet"
+    tables["images"] = sd / "stage1_plain" / "oof" / "oof_images_stage1.parquet"
+    return tables
+
+
+def combined(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The project's default ensemble (geometric mean, weights 1) of tables on the same masks."""
+    return ensemble([Source(f"t{i}", t) for i, t in enumerate(tables)], method="geom", match="id")
+
+
+#: The levers, in the order they are reported (``cell`` and ``pseudo`` only when their commands exist).
+LEVERS: tuple[str, ...] = ("tta", "ms", "blend", "negative", "border", "small", "cell", "pseudo")
+
+
+def lever_label(key: str, lv: Levers) -> str:
+    """The printed name of a lever."""
+    return {"tta": "tta d4", "ms": "multi-scale", "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
+            "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
+            "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)", "cell": "cell classifier",
+            "pseudo": f"pseudo rounds ({lv.pseudo_rounds})"}[key]
+
+
+@dataclass
+class SeedTables:
+    """The OOF tables of one seed: stage variants ``s{1,2}_{variant}``, the image table, cell classifier tables."""
+
+    stages: dict[str, pd.DataFrame]
+    images: pd.DataFrame
+    cell: pd.DataFrame | None = None
+    pseudo: pd.DataFrame | None = None
+
+
+def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
+    """The baseline ensemble with the ``chosen`` levers switched on (TTA variants, extra sources, post-processing)."""
+    tta, ms = "tta" in chosen, "ms" in chosen
+    s1 = t.stages["s1_" + ("d4ms" if tta and ms else "d4" if tta else "ms" if ms else "plain")]
+    sources = [s1, t.stages["s2_d4" if tta else "s2_plain"]]
+    if "pseudo" in chosen and t.pseudo is not None:
+        sources.append(t.pseudo)
+    elif "cell" in chosen and t.cell is not None:
+        sources.append(t.cell)
+    params = PostParams(blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
+                        blend_image=lv.blend_image if "blend" in chosen else 0.0,
+                        negative_suppression="negative" in chosen,
+                        border_factor=lv.border_factor if "border" in chosen else 1.0,
+                        small_factor=lv.small_factor if "small" in chosen else 1.0,
+                        small_area=lv.small_area if "small" in chosen else 0.0)
+    return postprocess(combined(sources), params, t.images)
+
+
+def seed_tables(run: Run, seed: int, paths: dict[str, Path]) -> SeedTables:
+    """Read one seed's OOF tables; run the cell classifier and the pseudo-label rounds when they exist."""
+    t = SeedTables(stages={k: read_cell_table(v) for k, v in paths.items() if k != "images"},
+                   images=pd.read_parquet(paths["images"]))
+    cell = cell_classifier(run, seed, "cell", None)
+    if cell is None:
+        print("[levers] pseudo rounds: skipped (they need the cell classifier)", flush=True)
+        return t
+    t.cell = read_cell_table(cell)
+    source = run.seed_dir(seed) / "ensemble_cell.parquet"
+    with_levers(t, {"cell"}, run.levers).to_parquet(source, index=False)
+    for round_ in range(1, run.levers.pseudo_rounds + 1):
+        targets = pseudo_targets(run, seed, round_, source)
+        table = cell_classifier(run, seed, f"cell_pseudo{round_}", targets) if targets else None
+        if table is None:
+            break
+        t.pseudo = read_cell_table(table)
+        source = run.seed_dir(seed) / f"ensemble_pseudo{round_}.parquet"
+        with_levers(t, {"pseudo"}, run.levers).to_parquet(source, index=False)
+    return t
+
+
+def present_levers(t: SeedTables) -> list[str]:
+    """The levers this seed can measure (the cell classifier and pseudo rounds need their commands)."""
+    return [k for k in LEVERS if (k != "cell" or t.cell is not None) and (k != "pseudo" or t.pseudo is not None)]
+
+
+def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
+    """Every method's per-cell table of one seed (see the module doc)."""
+    lv = run.levers
+    out = {"naive": naive_cells_from_images(t.stages["s1_plain"], t.images), "stage1": t.stages["s1_plain"],
+           "stage2": t.stages["s2_plain"], BASELINE: with_levers(t, set(), lv), "stage1 d4": t.stages["s1_d4"],
+           "stage1 multi-scale": t.stages["s1_ms"], "stage1 d4+multi-scale": t.stages["s1_d4ms"],
+           "stage2 d4": t.stages["s2_d4"]}
+    if t.cell is not None:
+        out["cell classifier"] = t.cell
+    if t.pseudo is not None:
+        out["cell classifier, last pseudo round"] = t.pseudo
+    keys = present_levers(t)
+    for key in keys:
+        out[f"+{lever_label(key, lv)}"] = with_levers(t, {key}, lv)
+    out["all levers"] = with_levers(t, set(keys), lv)
+    return out
+
+
+def scores_digest(run: Run) -> str:
+    """What the scores of a seed depend on beyond its tables: the levers' settings and which optional
+    commands exist (so a re-run after the cell classifier is merged scores it)."""
+    import hashlib
+
+    key = {"version": SCORES_VERSION, "levers": asdict(run.levers), "available": [available(w) for w in ("train", "infer", "pseudo")]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def evaluate_seed(run: Run, seed: int, paths: dict[str, Path], ids: list[str]) -> pd.DataFrame:
+    """Scores of every method and both references for one seed (cached in ``OUT/seedS/scores_DIGEST.csv``)."""
+    cached = run.seed_dir(seed) / f"scores_{scores_digest(run)}.csv"
+    if cached.is_file():
+        print(f"[levers] seed {seed}: scores done before, read back", flush=True)
+        return pd.read_csv(cached)
+    truth = truth_from_label_dir(run.synth, ids)
+    preds = {name: preds_from_cell_table(table) for name, table in methods(run, seed_tables(run, seed, paths)).items()}
+    preds.update(references(preds["stage1"], truth))
+    frame = score_all(seed, preds, truth)
+    atomic_write_bytes(cached, frame.to_csv(index=False).encode())
+    return frame
+
+
+def score_all(seed: int, preds: dict, truth: dict) -> pd.DataFrame:
+    """:func:`summary_scores` of every prediction, one row each, with a progress line."""
+    hetero = heterogeneous_ids(truth)
+    rows = []
+    for name, pred in preds.items():
+        start = time.perf_counter()
+        rows.append({"seed": seed, "method": name, **summary_scores(pred, truth, hetero)})
+        print(f"[levers] seed {seed}: scored {name} ({time.perf_counter() - start:.1f} s)", flush=True)
+    return pd.DataFrame(rows)
+
+
+def helping_levers(run: Run, scores: pd.DataFrame) -> list[str]:
+    """The levers that helped under the official protocol on all images in every seed and did not hurt
+    the strict protocol (verdicts of :func:`lever_deltas`)."""
+    deltas = lever_deltas(scores).set_index("lever")
+    labels = {f"+{lever_label(k, run.levers)}": k for k in LEVERS}
+    return [labels[name] for name, row in deltas.iterrows() if name in labels
+            and row["official all verdict"] == "helps" and row["strict all verdict"] != "hurts"]
+
+
+def evaluate_helping(run: Run, seed: int, paths: dict[str, Path], ids: list[str], keys: list[str]) -> pd.DataFrame:
+    """Scores of the ensemble with every helping lever on (selected on these same data: optimistic)."""
+    cached = run.seed_dir(seed) / f"scores_{scores_digest(run)}_helping_{'-'.join(keys) or 'none'}.csv"
+    if cached.is_file():
+        return pd.read_csv(cached)
+    truth = truth_from_label_dir(run.synth, ids)
+    table = with_levers(seed_tables(run, seed, paths), set(keys), run.levers)
+    frame = score_all(seed, {HELPING: preds_from_cell_table(table)}, truth)
+    atomic_write_bytes(cached, frame.to_csv(index=False).encode())
+    return frame
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread (sample sd; 0 with one seed) over seeds, per method, in first-seen order."""
+    keys = [c for c in scores.columns if c not in ("seed", "method")]
+    seen = list(dict.fromkeys(scores["method"]))
+    order = [m for m in seen if m not in REFERENCES] + [m for m in seen if m in REFERENCES]
+    grouped = scores.groupby("method", sort=False)[keys]
+    mean, sd = grouped.mean().loc[order], grouped.std(ddof=1).fillna(0.0).loc[order]
+    return mean.add_suffix(" mean").join(sd.add_suffix(" sd")).reset_index()
+
+
+def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """Per lever (``+...`` and ``all levers``) the mean change against ``baseline`` and the verdict per metric."""
+    base = scores[scores["method"] == baseline].set_index("seed")
+    rows = []
+    for name in dict.fromkeys(scores["method"]):
+        if not (name.startswith("+") or name in ("all levers", HELPING)):
+            continue
+        this = scores[scores["method"] == name].set_index("seed")
+        row: dict[str, object] = {"lever": name}
+        for key in VERDICT_KEYS:
+            delta = (this[key] - base.loc[this.index, key]).to_numpy(dtype=float)
+            row[f"{key} delta"] = float(np.mean(delta))
+            row[f"{key} verdict"] = ("helps" if (delta > 0).all() else "hurts" if (delta < 0).all()
+                                     else "no clear gain")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(summary: pd.DataFrame, deltas: pd.DataFrame, run: Run, n_all: int, n_hetero: int,
+                 helping: Sequence[str] = ()) -> str:
+    """The printed table: methods x (protocol, subset, classes) as mean +- sd, then the levers' verdicts."""
+    b = run.budget
+    cols = [summary_key(p, s, c) for p in ("official", "strict") for s, c in
+            (("all", ""), ("heterogeneous", ""), ("all", " 0-17"))]
+    names = {summary_key(p, s, c): f"{p[:3]} {'het' if s == 'heterogeneous' else 'all'}{c}" for p in
+             ("official", "strict") for s, c in (("all", ""), ("heterogeneous", ""), ("all", " 0-17"))}
+    width = max(len(m) for m in summary["method"]) + 1
+    lines = [f"per-cell mAP at mask IoU 0.6, out of fold ({n_all} images, {n_hetero} heterogeneous; {b.size} px, "
+             f"variability {b.variability:g}, {b.n_folds} folds, {b.epochs} epochs, {Path(b.config).stem}); "
+             f"mean +- sd over seeds {','.join(map(str, b.seeds))}; group ties",
+             f"{'method':<{width}}" + "".join(f"{names[c]:>17}" for c in cols)]
+    for row in summary.to_dict("records"):
+        lines.append(f"{row['method']:<{width}}" + "".join(f"{row[c + ' mean']:>9.4f} +-{row[c + ' sd']:.3f}"
+                                                           for c in cols))
+    lines.append(f"{HELPING} = {' + '.join(helping) or 'none'} (chosen on these data: optimistic); references "
+                 f"on the stage-1 masks")
+    lines.append(f"\nlevers against '{BASELINE}' (mean change; helps = higher in every seed, hurts = lower in every seed)")
+    lines.append(f"{'lever':<{width}}" + "".join(f"{k:>34}" for k in VERDICT_KEYS))
+    for row in deltas.to_dict("records"):
+        lines.append(f"{row['lever']:<{width}}" + "".join(
+            f"{row[k + ' delta']:>+20.4f} {row[k + ' verdict']:>13}" for k in VERDICT_KEYS))
+    return "\n".join(lines)
+
+
+def check_settings(run: Run) -> None:
+    """Refuse a folder holding a run with other data or training settings (the seeds may grow); record them."""
+    path = run.out / "settings.json"
+    now = {**asdict(run.budget), "seeds": None, "data_seed": run.data_seed}
+    if path.is_file():
+        before = json.loads(path.read_text())
+        before_key = {**before.get("budget", {}), "seeds": None, "data_seed": before.get("data_seed")}
+        diff = sorted(k for k in now if str(now[k]) != str(before_key.get(k)))
+        if diff:
+            raise StepError(f"{run.out}: holds a run with other settings ({', '.join(diff)} differ); use a new --out")
+    settings = {"budget": {**asdict(run.budget), "seeds": list(run.budget.seeds)}, "levers": asdict(run.levers),
+                "data_seed": run.data_seed}
+    atomic_write_bytes(path, json.dumps(settings, indent=2).encode())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every step (resumable) and print the lever table."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run = run_from_args(args)
+    if len(run.budget.seeds) < 2:
+        print("[levers] warning: one seed gives no spread; use --seeds with at least 2", flush=True)
+    run.out.mkdir(parents=True, exist_ok=True)
+    try:
+        check_settings(run)
+    except StepError as exc:
+        print(f"levers: error: {exc}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        with show_progress():
+            ids = prepare_data(run)
+            paths = {seed: run_seed(run, seed) for seed in run.budget.seeds}
+            scores = pd.concat([evaluate_seed(run, seed, paths[seed], ids) for seed in run.budget.seeds],
+                               ignore_index=True)
+            keys = helping_levers(run, scores)
+            print(f"[levers] levers that helped (official all, every seed; strict not hurt): "
+                  f"{', '.join(lever_label(k, run.levers) for k in keys) or 'none'}", flush=True)
+            scores = pd.concat([scores, *[evaluate_helping(run, seed, paths[seed], ids, keys)
+                                          for seed in run.budget.seeds]], ignore_index=True)
+    except StepError as exc:
+        print(f"levers: error: {exc}", file=sys.stderr)
+        return 1
+    truth = truth_from_label_dir(run.synth, ids)
+    summary, deltas = aggregate(scores), lever_deltas(scores)
+    scores.to_csv(run.out / "levers_scores.csv", index=False)
+    summary.to_csv(run.out / "levers_summary.csv", index=False)
+    deltas.to_csv(run.out / "levers_deltas.csv", index=False)
+    helping = [lever_label(k, run.levers) for k in keys]
+    print(format_table(summary, deltas, run, len(truth), len(heterogeneous_ids(truth)), helping))
+    print(f"[levers] total {time.perf_counter() - start:.0f} s; tables in {run.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,13 +46,15 @@ class CellCropError(RuntimeError):
 
 
 def image_cell_crops(rgby: np.ndarray, labels: np.ndarray, params: CropParams, image_size: int | None = None,
-                     mean: Sequence[float] | None = None) -> tuple[np.ndarray, CellIndex]:
+                     mean: Sequence[float] | None = None, cells: CellIndex | None = None
+                     ) -> tuple[np.ndarray, CellIndex]:
     """uint8 crops ``K x S x S x 4`` of every cell of ``labels`` in the raw image ``rgby``, and the cell index.
 
     ``image_size`` resizes the image first (longer side, as ``stage2.image_size``); ``mean`` is the
-    fill of ``blank: normalized`` (see :func:`wsss.data.crops.raw_crops`).
+    fill of ``blank: normalized`` (see :func:`wsss.data.crops.raw_crops`); ``cells`` is the index of
+    ``labels`` when the caller has it already.
     """
-    cells = index_cells(np.asarray(labels))
+    cells = index_cells(np.asarray(labels)) if cells is None else cells
     src = rgby if not image_size else resize_rgby(rgby, int(image_size))
     return raw_crops(src, np.asarray(labels), cells, params, mean=mean), cells
 

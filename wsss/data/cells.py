@@ -73,7 +73,9 @@ class _Job:
 def store_digest(params: CropParams, masks: Path | str, image_size: int | None = None,
                  mean: Sequence[float] | None = None) -> str:
     """Short digest of everything a store's crops depend on (its folder name)."""
-    spec = {"params": asdict(params), "masks": str(Path(masks).resolve()), "image_size": image_size,
+    geometry = {"size": int(params.size), "margin": float(params.margin), "min_side": float(params.min_side),
+                "blank": str(params.blank), "antialias": bool(params.antialias)}  # 8 and 8.0 are one setting
+    spec = {"params": geometry, "masks": str(Path(masks).resolve()), "image_size": image_size,
             "mean": [round(float(v), 6) for v in mean] if params.blank == "normalized" and mean is not None else None}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -238,3 +238,29 @@ def test_stage_cell_table_contract_d4_resume_and_oof(trained: dict, synth: dict[
     assert infer(["--stage", "2"] + common[2:] + ["--fold", "0", "--out", str(tmp_path / "s2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use --stage cell" in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_torchrun_cell_task_smoke(synth: dict[str, Path], tmp_path: Path) -> None:
+    """Two CPU processes: rank 0 cuts the crops into a fresh store while rank 1 waits, both train."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.is_file():
+        pytest.skip("torchrun not found next to the python executable")
+    cfg = cell_config(synth, tmp_path / "run", epochs=1)
+    cfg["cells"]["store"] = str(tmp_path / "store")
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "wsss.cli.train", "--config", str(cfg_path),
+           "--fold", "0", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "last.safetensors").is_file()
+    assert len(list((tmp_path / "store").glob("*/*.cells.npz"))) == N_IMAGES

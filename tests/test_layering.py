@@ -20,7 +20,7 @@ LAYERS: list[list[str]] = [
     ["wsss.metrics"],
     ["wsss.train", "wsss.watershed", "hpa_seg"],
     ["wsss.infer"],
-    ["wsss.ensemble", "wsss.postprocess"],
+    ["wsss.ensemble", "wsss.postprocess", "wsss.pseudo"],
     ["wsss.cli"],
 ]
 RANK: dict[str, int] = {name: i for i, layer in enumerate(LAYERS) for name in layer}

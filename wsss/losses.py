@@ -11,6 +11,10 @@
   together and absent classes are free.
 * ``w_rec`` can be warmed up linearly from 0 (:func:`rec_weight`).
 
+The cell classifier (``task: cell``) trains a plain classifier on single-cell crops:
+:func:`classifier_loss` is its BCE (soft targets allowed) in the same :class:`LossTerms` form
+(``full`` = the BCE, ``puzzle`` and ``rec`` zero), so both tasks share the training loop and logs.
+
 All terms are computed in float32 even under autocast. The pure functions below take tensors and
 return tensors; :class:`ComboLoss` is a thin module holding the weights.
 """
@@ -82,6 +86,13 @@ def combo_loss(
     rec = reconstruction_l1(cams, puzzle_cams, targets, mask_by_labels)
     total = w_full * full + w_puzzle * puzzle + w_rec * rec
     return LossTerms(total, full, puzzle, rec)
+
+
+def classifier_loss(logits: torch.Tensor, targets: torch.Tensor) -> LossTerms:
+    """BCE of a plain classifier (hard or soft targets in ``[0, 1]``) as :class:`LossTerms` (no puzzle terms)."""
+    full = bce_term(logits, targets)
+    zero = torch.zeros((), dtype=full.dtype, device=full.device)
+    return LossTerms(full, full, zero, zero)
 
 
 class ComboLoss(nn.Module):

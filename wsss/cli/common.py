@@ -10,7 +10,9 @@ The rule (README, "Exit codes"):
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Callable
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1
@@ -41,3 +43,14 @@ def refuse(prog: str, exc: BaseException | str) -> int:
     message = exc if isinstance(exc, str) else one_line(exc)
     print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_REFUSED
+
+
+def stage_type(*choices: str) -> Callable[[str], int | str]:
+    """An argparse ``type`` for ``--stage``: one of ``choices``, numbers as ``int`` (``"1"`` -> 1)."""
+
+    def parse(value: str) -> int | str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from {', '.join(choices)})")
+        return int(value) if value.isdigit() else value
+
+    return parse

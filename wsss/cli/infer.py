@@ -1,7 +1,9 @@
-"""``wsss-infer --stage 1|2 --ckpt RUN --images DIR --masks DIR --out DIR``: per-cell prediction tables.
+"""``wsss-infer --stage 1|2|cell|ws --ckpt RUN --images DIR --masks DIR --out DIR``: per-cell prediction tables.
 
 Stage 1 scores every cell from the CAMs of one forward pass; stage 2 re-scores every cell from a
-crop. ``--fold k --folds folds.csv`` runs on fold ``k``'s validation ids (out-of-fold) and records
+crop; stage ``cell`` scores every cell's crop with the cell classifier (``wsss-train --task cell``,
+the crops it was trained on; ``--tta`` = D4 over the crops); stage ``ws`` with the watershed model's
+class head. ``--fold k --folds folds.csv`` runs on fold ``k``'s validation ids (out-of-fold) and records
 the fold; ``{fold}`` in ``--ckpt`` is replaced by ``k``. Runs resume where they stopped; bad ids are
 listed in the summary. See docs/inference.md.
 """
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse, stage_type
 from wsss.config import ConfigError, apply_overrides, load_config, merge, save_config
 from wsss.fileio import OutputPathError, check_output_dir
 
@@ -24,21 +26,13 @@ logger = logging.getLogger(__name__)
 PROG = "wsss-infer"
 
 
-def _stage(value: str) -> int | str:
-    """``--stage``: 1, 2 or ``ws``."""
-    if value in ("1", "2"):
-        return int(value)
-    if value == "ws":
-        return value
-    raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from 1, 2, ws)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``wsss-infer``."""
     p = argparse.ArgumentParser(prog=PROG, description="Two-stage per-cell inference (CAM x masks; cell crops).",
                                 epilog=EXIT_EPILOG)
-    p.add_argument("--stage", type=_stage, required=True,
-                   help="1: CAM x cell masks; 2: cell crops; ws: the watershed model's class head (--ckpt from wsss-seg-train)")
+    p.add_argument("--stage", type=stage_type("1", "2", "cell", "ws"), required=True,
+                   help="1: CAM x cell masks; 2: cell crops; cell: the cell classifier on cell crops (--ckpt from "
+                        "wsss-train --task cell); ws: the watershed model's class head (--ckpt from wsss-seg-train)")
     p.add_argument("--ckpt", required=True,
                    help="checkpoint file or run folder (best, else last); '{fold}' is replaced by --fold")
     p.add_argument("--images", type=Path, required=True, help="prepared cache (manifest.csv) or Kaggle-layout folder")
@@ -118,7 +112,7 @@ def select_ids(args: argparse.Namespace, all_ids: list[str]) -> list[str]:
 def _run(args: argparse.Namespace) -> int:
     """The run behind :func:`main`: 0 when every id was done, 1 when some were skipped (listed)."""
     from wsss.infer.cams import amp_settings
-    from wsss.infer.runner import render_overlays, run_stage1, run_stage2
+    from wsss.infer.runner import render_overlays, run_stage1, run_stage2, run_stage_cell
     from wsss.precision import describe
     from wsss.infer.settings import build_settings, resolve_checkpoint, resolve_device
     from wsss.infer.sources import ImageSource, MaskSource
@@ -133,10 +127,11 @@ def _run(args: argparse.Namespace) -> int:
     images = ImageSource(args.images)
     ids = [] if args.overlay_only else select_ids(args, images.list_ids())  # bad folds/ids: refused before work
     masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
-    model, _ = load_model_from_checkpoint(ckpt, device=str(device))
+    model, train_cfg = load_model_from_checkpoint(ckpt, device=str(device))
+    check_task(ckpt, train_cfg, args.stage)
     settings = build_settings(cfg, args.out, args.stage, model.model_cfg,
                               fold=-1 if args.fold is None else args.fold,
-                              run_info={"ckpt": str(ckpt.resolve())})
+                              run_info={"ckpt": str(ckpt.resolve())}, train_cfg=train_cfg)
     amp = amp_settings(settings.precision, settings.device)
     logger.info("%s", describe(amp))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
                 args.out / f"config_stage{args.stage}.yaml")
     code = EXIT_OK
     if not args.overlay_only:
-        runner = run_stage1 if args.stage == 1 else run_stage2
+        runner = {1: run_stage1, 2: run_stage2, "cell": run_stage_cell}[args.stage]
         summary = runner(model, ids, images, masks, settings)
         print(f"{PROG}: stage {args.stage} ({settings.source}, fold {settings.fold}): "
               f"{len(summary.processed)} images, {summary.n_cells} cells in {summary.seconds:.1f}s; "
@@ -164,6 +159,16 @@ def _run(args: argparse.Namespace) -> int:
         for path in pics:
             print(f"  picture: {path}")
     return code
+
+
+def check_task(ckpt: Path, train_cfg: dict[str, Any], stage: int | str) -> None:
+    """Refuse a checkpoint of the other task: stage ``cell`` needs a cell classifier, stages 1 and 2 an image model."""
+    task = str(train_cfg.get("task") or "image")
+    if stage == "cell" and task != "cell":
+        raise ConfigError(f"{ckpt}: an image-level model (task {task}); --stage cell needs a wsss-train --task cell "
+                          "checkpoint (use --stage 1 or 2 for this one)")
+    if stage != "cell" and task == "cell":
+        raise ConfigError(f"{ckpt}: a cell classifier (task cell); use --stage cell")
 
 
 def _run_ws(args: argparse.Namespace, cfg: dict[str, Any], ckpt: Any, device: Any) -> int:

@@ -1,4 +1,4 @@
-"""``wsss-oof RUN_DIR... --folds folds.csv --out DIR [--stage 1|2]``: merge per-fold OOF tables.
+"""``wsss-oof RUN_DIR... --folds folds.csv --out DIR [--stage 1|2|cell]``: merge per-fold OOF tables.
 
 Checks that every training id of ``folds.csv`` is covered exactly once by a run of its own fold,
 prints the missing / duplicate / wrong-fold / extra ids, writes the merged tables and a report,
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse
+from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse, stage_type
 from wsss.fileio import OutputPathError, check_output_dir
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, help="wsss-infer --fold k output folders, one per fold")
     p.add_argument("--folds", type=Path, required=True, help="folds CSV (ID,Label,fold)")
     p.add_argument("--out", type=Path, required=True, help="folder for oof_*_stage{n}.parquet and the report")
-    p.add_argument("--stage", type=int, choices=(1, 2), default=1, help="which stage's tables to merge")
+    p.add_argument("--stage", type=stage_type("1", "2", "cell"), default=1, help="which stage's tables to merge: 1, 2 or cell (default 1)")
     p.add_argument("--allow-missing", action="store_true", help="exit 0 even when coverage is incomplete")
     return p
 

@@ -1,8 +1,10 @@
-"""``wsss-train --config configs/X.yaml --fold 0``: train a Puzzle-CAM classifier on one fold.
+"""``wsss-train --config configs/X.yaml --fold 0``: train a Puzzle-CAM classifier (or, with
+``--task cell`` / ``task: cell`` in the YAML, the cell classifier on single-cell crops) on one fold.
 
 Config resolution: built-in defaults (:mod:`wsss.train.defaults`) <- the YAML file <- every
-``--set key.sub=value`` <- the shortcut flags (``--epochs``, ``--batch-size``, ``--lr``,
-``--precision``, ``--device``, ``--out``, ``--cache``, ``--folds``; taken as typed, the strings
+``--set key.sub=value`` <- the shortcut flags (``--task``, ``--masks``, ``--soft-labels``,
+``--epochs``, ``--batch-size``, ``--lr``, ``--precision``, ``--device``, ``--out``, ``--cache``,
+``--folds``; taken as typed, the strings
 never parsed as YAML, so ``--out '{fold}'`` or ``--cache 512`` stay strings). The resolved config is saved
 as ``{out}/config.yaml``. Multi-GPU/multi-node: launch the same command under ``torchrun``.
 """
@@ -47,9 +49,14 @@ def add_run_arguments(p: argparse.ArgumentParser, config_example: str, set_examp
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``wsss-train``."""
-    p = argparse.ArgumentParser(prog="wsss-train", description="Train a Puzzle-CAM classifier (ComboLoss) on one fold.",
-                                epilog=EXIT_EPILOG)
-    add_run_arguments(p, "configs/seresnext50_512.yaml", "loss.w_rec=0.5")
+    p = argparse.ArgumentParser(prog="wsss-train", epilog=EXIT_EPILOG,
+                                description="Train a Puzzle-CAM classifier (ComboLoss) on one fold, or with --task cell "
+                                            "a classifier on single-cell crops (configs/cell_*.yaml).")
+    add_run_arguments(p, "configs/seresnext50_512.yaml or configs/cell_cpu.yaml", "loss.w_rec=0.5")
+    p.add_argument("--task", choices=("image", "cell"), help="override task: image (Puzzle-CAM) or cell (cell crops)")
+    p.add_argument("--masks", help="override cells.masks (task cell: the {ID}.npz label maps of wsss-segment)")
+    p.add_argument("--soft-labels", help="override data.soft_labels (wsss-pseudo output: image_targets.parquet "
+                                         "for task image, cell_targets.parquet for task cell)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size (per process)")
     p.add_argument("--lr", type=float, help="override train.lr")
     return p
@@ -75,7 +82,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults <- YAML <- ``--set`` <- shortcut flags, checked (unknown keys, types: :class:`ConfigError`)."""
     from wsss.train.defaults import check_train_config, default_config
 
-    cfg = resolve_run_config(args, default_config(), {"train.batch_size": args.batch_size, "train.lr": args.lr})
+    cfg = resolve_run_config(args, default_config(), {"train.batch_size": args.batch_size, "train.lr": args.lr,
+                                                      "task": args.task, "cells.masks": args.masks,
+                                                      "data.soft_labels": args.soft_labels})
     check_train_config(cfg)
     return cfg
 
@@ -109,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank != 0:
         return EXIT_OK
     print(f"wsss-train: {summary['epochs']} epochs -> {summary['out']}  best epoch {summary['best_epoch']} "
-          f"(val ComboLoss {_num(summary['best_val_loss'])})  last val macro mAP {_num(summary['val_map'])} "
+          f"(val loss {_num(summary['best_val_loss'])})  last val macro mAP {_num(summary['val_map'])} "
           f"(chance {_num(summary['val_map_chance'])})  macro F1 {_num(summary['val_f1'])}")
     return EXIT_OK
 

@@ -30,13 +30,14 @@ DEFAULT_STD: tuple[float, float, float, float] = (0.1149, 0.0640, 0.1137, 0.1057
 
 def normalize(rgby: np.ndarray, mean: Sequence[float] = DEFAULT_MEAN,
               std: Sequence[float] = DEFAULT_STD) -> torch.Tensor:
-    """Turn an ``H x W x 4`` uint8 RGBY array into a normalised float32 ``4 x H x W`` tensor."""
-    if rgby.ndim != 3 or rgby.shape[2] != 4:
-        raise ValueError(f"normalize expects H x W x 4, got shape {rgby.shape}")
-    mean_arr = np.asarray(mean, dtype=np.float32).reshape(1, 1, 4)
-    std_arr = np.asarray(std, dtype=np.float32).reshape(1, 1, 4)
+    """Turn an ``H x W x 4`` uint8 RGBY array into a normalised float32 ``4 x H x W`` tensor
+    (a stack ``N x H x W x 4``, e.g. cell crops, into ``N x 4 x H x W``)."""
+    if rgby.ndim not in (3, 4) or rgby.shape[-1] != 4:
+        raise ValueError(f"normalize expects H x W x 4 (or N x H x W x 4), got shape {rgby.shape}")
+    mean_arr = np.asarray(mean, dtype=np.float32)
+    std_arr = np.asarray(std, dtype=np.float32)
     scaled = (rgby.astype(np.float32) * (1.0 / 255.0) - mean_arr) / std_arr
-    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(scaled, -1, -3)))
 
 
 def channel_stats(cache_dir: Path | str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

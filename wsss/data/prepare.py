@@ -20,9 +20,10 @@ import csv
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 from tqdm import tqdm
@@ -149,7 +150,7 @@ def prepare_cache(
             _append_row(handle, MANIFEST_COLUMNS)
         elif not _ends_with_newline(manifest_path):
             handle.write("\n")  # a killed run cut the last row short: start a fresh line
-        results = _run_jobs(jobs, workers)
+        results = run_jobs(_prepare_one, jobs, workers)
         for image_id, width, height, error in tqdm(results, total=len(jobs), desc="prepare", disable=not progress,
                                                    unit="img"):
             if error is None:
@@ -162,10 +163,15 @@ def prepare_cache(
     return report
 
 
-def _run_jobs(jobs: list[_Job], workers: int) -> Iterable[tuple[str, int, int, str | None]]:
-    """Run jobs in ``workers`` processes (in this process when ``workers <= 1``), yielding as they finish."""
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def run_jobs(fn: Callable[[J], R], jobs: list[J], workers: int) -> Iterable[R]:
+    """``fn`` over ``jobs`` in ``workers`` processes (in this process when ``workers <= 1``), yielding
+    results as they finish (unordered); ``fn`` must be a module-level function of picklable jobs."""
     if workers <= 1 or len(jobs) <= 1:
-        yield from map(_prepare_one, jobs)
+        yield from map(fn, jobs)
         return
     with multiprocessing.get_context().Pool(processes=workers) as pool:
-        yield from pool.imap_unordered(_prepare_one, jobs, chunksize=2)
+        yield from pool.imap_unordered(fn, jobs, chunksize=2)

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class OOFReport:
     """Coverage of an OOF merge (see the module doc)."""
 
-    stage: int
+    stage: int | str
     n_expected: int
     n_covered: int
     missing: list[str] = field(default_factory=list)
@@ -77,7 +77,7 @@ def _read_run(run: Path, tag: str, tables: Sequence[str]) -> dict[str, pd.DataFr
     return frames
 
 
-def merge_oof(runs: Sequence[Path | str], folds: pd.DataFrame, stage: int = 1
+def merge_oof(runs: Sequence[Path | str], folds: pd.DataFrame, stage: int | str = 1
               ) -> tuple[dict[str, pd.DataFrame], OOFReport]:
     """Merge the OOF runs of ``stage``; returns ``({"cells": ..., "images": ...}, report)``."""
     tag = f"stage{stage}"

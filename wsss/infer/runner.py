@@ -1,4 +1,4 @@
-"""Stage-1 and stage-2 drivers: read images and label maps, run the model, write the tables.
+"""Stage-1, stage-2 and cell-stage drivers: read images and label maps, run the model, write the tables.
 
 Both drivers take a model object (anything whose ``forward(x)`` returns ``(logits, cams)``), so
 they run the same with a real checkpoint (:func:`wsss.cli.infer.main`) and a test module.
@@ -11,6 +11,10 @@ they run the same with a real checkpoint (:func:`wsss.cli.infer.main`) and a tes
 * Stage 2 (:func:`run_stage2`): every cell is cropped from the normalised image at its own
   resolution (:mod:`wsss.infer.crops`); the crops of ``images_per_batch`` images are pooled and
   sent through the network ``batch_size`` crops at a time; the sigmoid of each crop is its row.
+* Stage ``cell`` (:func:`run_stage_cell`): the same with the cell classifier (``wsss-train --task
+  cell``) and the crops it was trained on (:func:`wsss.data.cells.image_cell_crops`: raw uint8
+  crops, then normalised; crop settings from its training config); TTA as in stage 2 (``--tta d4``:
+  the 8 views of every crop, probabilities averaged).
 
 Reading, label-map indexing, crop extraction (stage 2) and the cell footprints (stage 1) run in
 the DataLoader workers; a failing id (missing/corrupt image or label map) comes back as a failure
@@ -38,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from wsss.data.cells import image_cell_crops
 from wsss.data.classes import NUM_CLASSES
 from wsss.data.dataset import normalize
 from wsss.data.io import resize_rgby
@@ -52,6 +57,8 @@ from wsss.infer.tta import check_tta, parse_scales
 
 logger = logging.getLogger(__name__)
 
+#: The stages of :func:`run_stage1`, :func:`run_stage2` and :func:`run_stage_cell` (their files carry ``stage{stage}``).
+STAGES: tuple[int | str, ...] = (1, 2, "cell")
 #: What identifies an inference run in its ``run_{tag}.json`` (compared when resuming).
 RUN_IDENTITY: tuple[str, ...] = ("fold", "source", "ckpt", "settings_digest")
 
@@ -89,7 +96,7 @@ class InferSettings:
 class RunSummary:
     """What a stage run did."""
 
-    stage: int
+    stage: int | str
     requested: int
     already_done: int
     processed: list[str] = field(default_factory=list)
@@ -118,14 +125,13 @@ class _Items(Dataset):
     """Per-id inputs of a stage; a failing id yields ``{"ok": False, "error": ...}``."""
 
     def __init__(self, ids: Sequence[str], images: ImageSource, masks: MaskSource, settings: InferSettings,
-                 stage: int, cam_hw: tuple[int, int] | None = None) -> None:
+                 stage: int | str, cam_hw: tuple[int, int] | None = None) -> None:
         self.ids = list(ids)
         self.images = images
         self.masks = masks
         self.s = settings
         self.stage = stage
         self.cam_hw = cam_hw
-        self.raw_zero = [-m / d for m, d in zip(settings.mean, settings.std)]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -151,12 +157,23 @@ class _Items(Dataset):
             item["footprints"] = cell_footprints(cells, self.cam_hw) if self.cam_hw else None
             item["cells"] = _light(cells) if self.cam_hw else cells
         else:
-            src = rgby if not self.s.crop_image_size else resize_rgby(rgby, int(self.s.crop_image_size))
-            image = normalize(src, self.s.mean, self.s.std)
-            crops, _ = extract_crops(image, maps.cells, cells, self.s.crop, self.raw_zero)
-            item["crops"] = crops
+            item["crops"] = cell_crops(rgby, maps.cells, cells, self.s, self.stage)
             item["cells"] = _light(cells)
         return item
+
+
+def cell_crops(rgby: np.ndarray, labels: np.ndarray, cells: CellIndex, settings: InferSettings,
+               stage: int | str) -> torch.Tensor:
+    """The normalised crops ``K x 4 x S x S`` of every cell: stage 2 cuts the normalised image
+    (:func:`~wsss.data.crops.extract_crops`), stage ``cell`` the raw one as in its training
+    (:func:`~wsss.data.cells.image_cell_crops`), then normalises the uint8 crops."""
+    s = settings
+    if stage == "cell":
+        raw, _ = image_cell_crops(rgby, labels, s.crop, s.crop_image_size, mean=s.mean, cells=cells)
+        return normalize(raw, s.mean, s.std)
+    src = rgby if not s.crop_image_size else resize_rgby(rgby, int(s.crop_image_size))
+    raw_zero = [-m / d for m, d in zip(s.mean, s.std)]
+    return extract_crops(normalize(src, s.mean, s.std), labels, cells, s.crop, raw_zero)[0]
 
 
 def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -168,8 +185,8 @@ def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
                       collate_fn=_collate, persistent_workers=False)
 
 
-def scoring_settings(settings: InferSettings, stage: int) -> dict[str, Any]:
-    """The settings that change a stage's scores (stage 1: CAM scoring; stage 2: crops), JSON-friendly."""
+def scoring_settings(settings: InferSettings, stage: int | str) -> dict[str, Any]:
+    """The settings that change a stage's scores (stage 1: CAM scoring; stage 2 and cell: crops), JSON-friendly."""
     common = {"mean": list(settings.mean), "std": list(settings.std), "tta": list(settings.tta),
               "precision": amp_name(settings.precision, settings.device),
               "mask_working_size": settings.mask_working_size}
@@ -209,7 +226,7 @@ def _check_run_info(out_dir: Path, tag: str, info: dict[str, Any]) -> None:
     write_json(path, info, indent=2)
 
 
-def _run_info(settings: InferSettings, stage: int) -> dict[str, Any]:
+def _run_info(settings: InferSettings, stage: int | str) -> dict[str, Any]:
     scoring = scoring_settings(settings, stage)
     return {"stage": stage, "fold": settings.fold, "source": settings.source, **settings.run_info,
             "settings_digest": settings_digest(scoring), "settings": scoring}
@@ -278,7 +295,7 @@ def _record_failures(batch: list[dict[str, Any]], summary: RunSummary) -> list[d
     return ok
 
 
-def _start_run(ids: Sequence[str], settings: InferSettings, stage: int, tables: tuple[str, ...],
+def _start_run(ids: Sequence[str], settings: InferSettings, stage: int | str, tables: tuple[str, ...],
                ) -> tuple[Path, tuple[str, ...], PartWriter, list[str], RunSummary]:
     """Common start of a stage: check the run folder, open its part writer, pick the ids left to do."""
     out_dir = Path(settings.out_dir)
@@ -289,7 +306,7 @@ def _start_run(ids: Sequence[str], settings: InferSettings, stage: int, tables: 
     todo, done_before = _select(ids, writer)
     summary = RunSummary(stage=stage, requested=len(set(ids)), already_done=done_before)
     if done_before:
-        logger.info("stage %d: %d ids already done, %d to go", stage, done_before, len(todo))
+        logger.info("stage %s: %d ids already done, %d to go", stage, done_before, len(todo))
     return out_dir, tta, writer, todo, summary
 
 
@@ -334,13 +351,25 @@ def _score_crops(model: nn.Module, crops: torch.Tensor, settings: InferSettings,
 def run_stage2(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
                settings: InferSettings) -> RunSummary:
     """Stage 2 over ``ids`` (resumable); writes the ``cells_stage2`` table."""
+    return _run_crops(model, ids, images, masks, settings, 2)
+
+
+def run_stage_cell(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
+                   settings: InferSettings) -> RunSummary:
+    """Stage ``cell`` (the cell classifier) over ``ids`` (resumable); writes the ``cells_stagecell`` table."""
+    return _run_crops(model, ids, images, masks, settings, "cell")
+
+
+def _run_crops(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
+               settings: InferSettings, stage: int | str) -> RunSummary:
+    """A crop stage (2 or ``cell``): every cell's crop through ``model``, its sigmoid the cell's row."""
     started = time.perf_counter()
-    out_dir, tta, writer, todo, summary = _start_run(ids, settings, 2, ("cells",))
+    out_dir, tta, writer, todo, summary = _start_run(ids, settings, stage, ("cells",))
     model.eval()
-    dataset = _Items(todo, images, masks, settings, stage=2)
+    dataset = _Items(todo, images, masks, settings, stage=stage)
     chunk = _Chunk()
     per = max(1, settings.images_per_batch)
-    for batch in tqdm(_loader(dataset, per, settings.workers), desc="stage 2",
+    for batch in tqdm(_loader(dataset, per, settings.workers), desc=f"stage {stage}",
                       total=(len(todo) + per - 1) // per, unit="batch"):
         ok = _record_failures(batch, summary)
         if not ok:
@@ -355,12 +384,12 @@ def run_stage2(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
         if len(chunk) >= settings.chunk_images:
             chunk.flush(writer)
     chunk.flush(writer)
-    return _finish(summary, writer, out_dir, "stage2", started)
+    return _finish(summary, writer, out_dir, f"stage{stage}", started)
 
 
 def render_overlays(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
-                    settings: InferSettings, stage: int, top: int = 2, min_prob: float = 0.1) -> list[Path]:
-    """Pictures for ``ids`` in ``OUT/overlays/``: cell labels (both stages), CAM grid (stage 1), crops (stage 2).
+                    settings: InferSettings, stage: int | str, top: int = 2, min_prob: float = 0.1) -> list[Path]:
+    """Pictures for ``ids`` in ``OUT/overlays/``: cell labels (every stage), CAM grid (stage 1), crops (2, cell).
 
     The scores are recomputed with the run's settings, so they equal the table's rows.
     """
@@ -371,7 +400,6 @@ def render_overlays(model: nn.Module, ids: Sequence[str], images: ImageSource, m
     tta = check_tta(settings.tta)
     written: list[Path] = []
     model.eval()
-    raw_zero = [-m / d for m, d in zip(settings.mean, settings.std)]
     for image_id in ids:
         try:
             rgby, orig_h, orig_w = images.read(image_id)
@@ -391,12 +419,10 @@ def render_overlays(model: nn.Module, ids: Sequence[str], images: ImageSource, m
                                          resize_cams(cams[0], maps.cells.shape), probs[0].cpu().numpy(),
                                          labels=maps.cells, title=f"{image_id} stage 1 ({settings.source})"))
         else:
-            src = rgby if not settings.crop_image_size else resize_rgby(rgby, int(settings.crop_image_size))
-            crops, _ = extract_crops(normalize(src, settings.mean, settings.std), maps.cells, cells,
-                                     settings.crop, raw_zero)
+            crops = cell_crops(rgby, maps.cells, cells, settings, stage)
             cell_p = (_score_crops(model, crops, settings, tta) if crops.shape[0]
                       else np.zeros((0, NUM_CLASSES), dtype=np.float32))
-            written.append(save_picture(out / f"{image_id}_stage2_crops.png",
+            written.append(save_picture(out / f"{image_id}_stage{stage}_crops.png",
                                         crop_sheet(crops, cell_p, settings.mean, settings.std)))
         pic = cell_label_picture(rgby, maps.cells, cells.ids, cell_p, top=top, min_prob=min_prob)
         written.append(save_picture(out / f"{image_id}_stage{stage}_cells.png", pic))

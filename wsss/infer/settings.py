@@ -120,17 +120,30 @@ def crop_side(size: Any, input_size: int) -> int:
     return side
 
 
-def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg: Mapping[str, Any],
-                   fold: int = -1, run_info: Mapping[str, Any] | None = None) -> InferSettings:
+def cell_crop_settings(train_cfg: Mapping[str, Any], crop_side: int) -> tuple[CropParams, int | None]:
+    """Stage ``cell``: the crop parameters and image resize the cell classifier was trained with
+    (its training config's ``cells`` section; the crop side is the model's input side)."""
+    cells = dict(train_cfg.get("cells") or {})
+    return CropParams.from_mapping({**cells, "size": int(crop_side)}), cells.get("image_size")
+
+
+def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int | str, model_cfg: Mapping[str, Any],
+                   fold: int = -1, run_info: Mapping[str, Any] | None = None,
+                   train_cfg: Mapping[str, Any] | None = None) -> InferSettings:
     """Settings of a run from the resolved inference config and the loaded model's record.
 
     ``model_cfg`` is :attr:`PuzzleCAM.model_cfg <wsss.models.PuzzleCAM>` as restored by
     :func:`wsss.models.load_model_from_checkpoint`: its ``input_size`` (unless
     ``stage1.input_size`` is set; else 512), ``mean`` and ``std`` (else the dataset defaults)
-    and ``name`` (the default source tag) describe the input.
+    and ``name`` (the default source tag) describe the input. Stage ``cell`` takes its crops from
+    the checkpoint's training config ``train_cfg`` (:func:`cell_crop_settings`) and the crop side
+    from ``input_size``; ``tta`` there means D4 over the crops.
     """
     model_name = str(model_cfg.get("name") or "model")
-    input_size = cfg["stage1"].get("input_size") or model_cfg.get("input_size") or 512
+    if stage == "cell":
+        input_size = model_cfg.get("input_size") or (train_cfg or {}).get("data", {}).get("size") or 64
+    else:
+        input_size = cfg["stage1"].get("input_size") or model_cfg.get("input_size") or 512
     precision = str(cfg["precision"])
     if precision not in PRECISION_CHOICES:
         raise RunError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
@@ -142,15 +155,19 @@ def build_settings(cfg: Mapping[str, Any], out_dir: Path, stage: int, model_cfg:
     device = resolve_device(cfg["device"])
     stage2 = dict(cfg["stage2"])
     stage2["size"] = crop_side(stage2.get("size"), int(input_size))
+    crop, crop_image_size = CropParams.from_mapping(stage2), stage2.get("image_size")
+    if stage == "cell":
+        crop, crop_image_size = cell_crop_settings(train_cfg or {}, int(input_size))
+    source = cfg.get("source") or (f"cell:{model_name}" if stage == "cell" else f"stage{stage}:{model_name}")
     return InferSettings(
         out_dir=Path(out_dir), input_size=int(input_size),
         mean=tuple(float(v) for v in (model_cfg.get("mean") or DEFAULT_MEAN)),
         std=tuple(float(v) for v in (model_cfg.get("std") or DEFAULT_STD)),
         device=device, batch_size=int(cfg["batch_size"]), workers=int(cfg["workers"]), precision=precision,
         tta=tta, scales=scales, chunk_images=int(cfg["chunk_images"]),
-        source=str(cfg.get("source") or f"stage{stage}:{model_name}"), fold=int(fold),
+        source=str(source), fold=int(fold),
         mask_working_size=cfg["masks"].get("working_size"),
-        score=ScoreParams.from_mapping(cfg["stage1"]), crop=CropParams.from_mapping(stage2),
-        crop_image_size=stage2.get("image_size"), images_per_batch=int(stage2.get("images_per_batch", 8)),
+        score=ScoreParams.from_mapping(cfg["stage1"]), crop=crop,
+        crop_image_size=crop_image_size, images_per_batch=int(stage2.get("images_per_batch", 8)),
         run_info=dict(run_info or {}),
     )

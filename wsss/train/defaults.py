@@ -1,4 +1,9 @@
-"""Default training config (the writeup's settings); YAML configs and CLI overrides merge onto it."""
+"""Default training config (the writeup's settings); YAML configs and CLI overrides merge onto it.
+
+``task`` picks what is trained: ``image`` (the Puzzle-CAM classifier on whole images) or ``cell``
+(the cell classifier on single-cell crops; ``data.size`` is then the crop side and the ``cells``
+section says where the cell label maps are and how the crops are cut; see :mod:`wsss.train.data`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "name": "puzzlecam",
+    "task": "image",  # image: Puzzle-CAM on whole images | cell: a classifier on single-cell crops
     "data": {
         "cache": "data/cache",  # wsss-prepare output: {cache}/{ID}.png + manifest.csv
         "folds": "data/folds.csv",  # wsss-folds output: ID,Label,fold
@@ -19,6 +25,18 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "train_augment": "configs/augment/writeup.yaml",  # list of transforms or a YAML path; null = none
         "val_augment": None,
         "num_workers": 4,
+        # soft training targets (wsss-pseudo output): an image-level table for task image
+        # (image_targets.parquet), a per-cell table for task cell (cell_targets.parquet); null = image labels
+        "soft_labels": None,
+    },
+    "cells": {  # task cell only: crops of every cell of the cache images (wsss.data.crops, the stage-2 geometry)
+        "masks": None,  # folder of {ID}.npz cell label maps (wsss-segment output) of the cache images
+        "margin": 0.1,  # fraction of the cell's longer side added on every side of its square box
+        "min_side": 8,  # smallest box side in image px
+        "blank": "raw",  # raw (neighbours black) | normalized (neighbours at the mean) | none (kept)
+        "antialias": True,
+        "image_size": None,  # resize the cache image (longer side) before cutting; null = as cached
+        "store": None,  # crop store folder (per-image .npy crops); null = {data.cache}_cellcrops
     },
     "model": {
         "name": "seresnext50_32x4d",
@@ -70,6 +88,10 @@ CONFIG_TYPES: dict[str, TypeSpec] = {
     "data.std": ("auto", list),
     "data.train_augment": (str, list, None),
     "data.val_augment": (str, list, None),
+    "data.soft_labels": (str, None),
+    "cells.masks": (str, None),
+    "cells.image_size": (int, None),
+    "cells.store": (str, None),
     "model.pretrained_file": (str, None),
     "model.output_stride": (int, None),
     "train.val_batch_size": (int, None),

@@ -1,13 +1,21 @@
-"""The Puzzle-CAM training loop: one fold of ``folds.csv`` as validation, ComboLoss, AMP, DDP, resume.
+"""The classifier training loop of both tasks: one fold of ``folds.csv`` as validation, AMP, DDP, resume.
 
-:func:`fit` runs a whole training from a resolved config (see :mod:`wsss.train.defaults`):
+:func:`fit` runs a whole training from a resolved config (see :mod:`wsss.train.defaults`); the
+config's ``task`` picks the data and the objective, everything else is shared:
 
-* data: the prepared cache and ``folds.csv``; fold ``k`` is the validation set, the other folds
-  train through the class-balanced sampler (:class:`wsss.data.sampler.BalancedSampler`);
-* every step runs the full image and its 2x2 tiles through the network
-  (``model(x, puzzle=True)``) and minimises the ComboLoss (:mod:`wsss.losses`);
-* every epoch validates: the ComboLoss with the configured weights (never the warmed-up ones),
-  image-level macro F1 at ``train.f1_threshold`` and macro mAP of ``sigmoid(logits)``;
+* ``task: image`` (Puzzle-CAM): the prepared cache images; every step runs the full image and its
+  2x2 tiles through the network (``model(x, puzzle=True)``) and minimises the ComboLoss
+  (:mod:`wsss.losses`) (:class:`PuzzleObjective`);
+* ``task: cell`` (the cell classifier): single-cell crops of the cell label maps, one plain
+  forward pass and BCE against the cell targets (:class:`CellObjective`); the same network class
+  (timm backbone with the 4-channel stem, 1x1-conv head, global mean), so its checkpoints load
+  like any other;
+* data (:mod:`wsss.train.data`): fold ``k`` is the validation set, the other folds train through
+  the class-balanced sampler (:class:`wsss.data.sampler.BalancedSampler`); soft targets from
+  ``data.soft_labels``;
+* every epoch validates: the loss with the configured weights (never the warmed-up ones),
+  macro F1 at ``train.f1_threshold`` and macro mAP of ``sigmoid(logits)`` (per image, or per cell
+  against its image's labels);
   ReduceLROnPlateau steps on the validation loss, and ``best`` is the epoch with the lowest
   validation ComboLoss;
 * after every epoch ``last`` (with its resume state) and, when improved, ``best`` are saved,
@@ -35,29 +43,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss.config import save_config
-from wsss.data.augment import build_transform, load_spec
-from wsss.data.classes import labels_to_matrix
-from wsss.data.dataset import HPADataset, channel_stats
-from wsss.data.folds import check_fold_numbers, read_folds
-from wsss.data.prepare import cache_path
-from wsss.data.sampler import BalancedSampler
-from wsss.losses import ComboLoss, LossTerms, rec_weight
+from wsss.losses import ComboLoss, LossTerms, classifier_loss, rec_weight
 from wsss.metrics.image import chance_map, macro_f1, macro_map
 from wsss.models import PuzzleCAM, build_model
 from wsss.train import ddp
 from wsss.precision import AmpSettings, autocast, describe, make_scaler, resolve_channels_last, resolve_precision
 from wsss.train.checkpoint import load_resume_state, save_checkpoint
+from wsss.train.data import ITEM_NAMES, TrainError, build_cell_loaders, build_loaders, task_of, worker_init
 from wsss.train.logs import TensorBoardLogger, plot_curves, write_history_csv
 
 logger = logging.getLogger(__name__)
 
-
-class TrainError(RuntimeError):
-    """A training run that cannot start or continue (bad data, config or checkpoint)."""
+_worker_init = worker_init  # the name the watershed trainer imports
 
 
 @dataclass
@@ -100,131 +101,78 @@ def seed_everything(seed: int, transform: Any = None) -> None:
         transform.set_random_seed(seed)
 
 
-def _worker_init(_: int) -> None:
-    """DataLoader worker: seed numpy/random and the augmentations from the worker's torch seed."""
-    info = torch.utils.data.get_worker_info()
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    dataset = info.dataset if info is not None else None
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    transform = getattr(dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-
-def _split(cfg: Mapping[str, Any], fold: int) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
-    folds_path = Path(cfg["data"]["folds"])
-    try:
-        frame = read_folds(folds_path)
-        check_fold_numbers(frame, folds_path, fold)
-    except (OSError, ValueError) as exc:
-        raise TrainError(str(exc)) from None
-    cache = Path(cfg["data"]["cache"])
-    missing = [i for i in frame["ID"] if not cache_path(cache, i).is_file()]
-    if missing:
-        raise TrainError(f"{cache}: {len(missing)} ids of {folds_path} are not prepared (e.g. {missing[0]}); run wsss-prepare")
-    val = frame[frame["fold"] == fold]
-    train = frame[frame["fold"] != fold]
-    if len(train) == 0 or len(val) == 0:
-        raise TrainError(f"{folds_path}: fold {fold} leaves {len(train)} training and {len(val)} validation images")
-    return (list(train["ID"]), labels_to_matrix(train["Label"]).astype(np.float32),
-            list(val["ID"]), labels_to_matrix(val["Label"]).astype(np.float32))
-
-
-def _transform(spec: Any, resize_to: int | None) -> Any:
-    items = list(load_spec(spec))
-    if resize_to is not None:
-        items = [{"name": "Resize", "height": resize_to, "width": resize_to}, *items]
-    return build_transform(items)
-
-
-def resolve_norm(d: dict[str, Any], train_ids: list[str], max_images: int = 500) -> tuple[list[float], list[float]]:
-    """``data.mean``/``data.std``; ``auto`` measures them on up to ``max_images`` training images.
-
-    The measured values are written back into ``d`` so the saved config holds the numbers used.
-    """
-    mean, std = d.get("mean"), d.get("std")
-    if mean == "auto" or std == "auto":
-        step = max(1, len(train_ids) // max_images)
-        m, s = channel_stats(d["cache"], train_ids[::step][:max_images])
-        if mean == "auto":
-            mean = [round(float(v), 5) for v in m]
-        if std == "auto":
-            std = [round(float(max(v, 1e-3)), 5) for v in s]
-        logger.info("channel stats of %d training images: mean %s std %s", len(train_ids[::step][:max_images]), mean, std)
-    if len(mean) != 4 or len(std) != 4:
-        raise TrainError(f"data.mean and data.std need 4 values (RGBY), got {mean} and {std}")
-    d["mean"], d["std"] = [float(v) for v in mean], [float(v) for v in std]
-    return d["mean"], d["std"]
-
-
-def build_loaders(
-    cfg: Mapping[str, Any], fold: int, info: ddp.DistInfo, device: torch.device
-) -> tuple[DataLoader, DataLoader, Any, np.ndarray]:
-    """Train and validation loaders of ``fold`` for this rank, the train sampler and the val targets."""
-    d, t = cfg["data"], cfg["train"]
-    train_ids, train_y, val_ids, val_y = _split(cfg, fold)
-    size = int(d["size"])
-    probe = HPADataset(d["cache"], train_ids[:1]).load(0)
-    resize_to = None if probe.shape[:2] == (size, size) else size
-    if resize_to is not None:
-        logger.warning("cache images are %dx%d, resizing to %d on the fly (prepare the cache at %d to save time)",
-                       probe.shape[1], probe.shape[0], size, size)
-    try:
-        train_tf = _transform(d.get("train_augment"), resize_to)
-        val_tf = _transform(d.get("val_augment"), resize_to)
-    except ValueError as exc:
-        raise TrainError(f"augmentations: {exc}") from None
-    mean, std = resolve_norm(d, train_ids)
-    train_ds = HPADataset(d["cache"], train_ids, train_y, transform=train_tf, mean=mean, std=std)
-    val_ds = HPADataset(d["cache"], val_ids, val_y, transform=val_tf, mean=mean, std=std)
-    seed = int(t["seed"])
-    if t["sampler"] == "balanced":
-        sampler: Any = BalancedSampler(train_y, num_samples=t.get("samples_per_epoch"),
-                                       clip_class=t.get("sampler_clip_class"), seed=seed,
-                                       num_replicas=info.world_size, rank=info.rank)
-    elif t["sampler"] == "shuffle":
-        sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
-    else:
-        raise TrainError(f"train.sampler must be 'balanced' or 'shuffle', got {t['sampler']!r}")
-    batch = int(t["batch_size"])
-    workers = int(d.get("num_workers", 0))
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
-                  persistent_workers=False)
-    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(sampler) >= batch, **common)
-    val_part = Subset(val_ds, list(range(info.rank, len(val_ds), info.world_size)))
-    val_loader = DataLoader(val_part, batch_size=int(t.get("val_batch_size") or batch), shuffle=False, **common)
-    return train_loader, val_loader, sampler, val_y
-
-
 # ---------------------------------------------------------------------------------------------- steps
+
+
+class PuzzleObjective:
+    """``task: image``: the Puzzle-CAM pass (full image + tiles) and the ComboLoss."""
+
+    def __init__(self, criterion: ComboLoss) -> None:
+        self.criterion = criterion
+
+    def train_terms(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, w_rec: float,
+                    amp: AmpSettings) -> LossTerms:
+        """Loss terms of a training batch (``model`` may be DDP-wrapped: both passes in one call)."""
+        with autocast(amp):
+            out = model(images, puzzle=True)
+        return self.criterion(out, targets, w_rec=w_rec)
+
+    def eval_terms(self, net: PuzzleCAM, images: torch.Tensor, targets: torch.Tensor, amp: AmpSettings
+                   ) -> tuple[LossTerms, torch.Tensor]:
+        """Validation loss terms (configured weights) and the image logits."""
+        with autocast(amp):
+            out = net.forward_puzzle(images)
+        return self.criterion(out, targets), out.logits
+
+
+class CellObjective:
+    """``task: cell``: one plain forward pass of the crops and BCE against the (soft) cell targets."""
+
+    def train_terms(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, w_rec: float,
+                    amp: AmpSettings) -> LossTerms:
+        """Loss terms of a training batch (``w_rec`` unused: there is no puzzle branch)."""
+        with autocast(amp):
+            logits = model(images)[0]
+        return classifier_loss(logits, targets)
+
+    def eval_terms(self, net: PuzzleCAM, images: torch.Tensor, targets: torch.Tensor, amp: AmpSettings
+                   ) -> tuple[LossTerms, torch.Tensor]:
+        """Validation BCE and the crop logits."""
+        with autocast(amp):
+            logits = net(images)[0]
+        return classifier_loss(logits, targets), logits
+
+
+Objective = PuzzleObjective | CellObjective
+
+
+def make_objective(cfg: Mapping[str, Any]) -> Objective:
+    """The objective of ``cfg['task']`` with the ``loss`` weights."""
+    if task_of(cfg) == "cell":
+        return CellObjective()
+    loss_cfg = cfg["loss"]
+    return PuzzleObjective(ComboLoss(loss_cfg["w_full"], loss_cfg["w_puzzle"], loss_cfg["w_rec"],
+                                     loss_cfg.get("rec_mask_by_labels", False)))
 
 
 def train_step(
     model: torch.nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor,
-    criterion: ComboLoss,
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     amp: AmpSettings,
     w_rec: float,
     grad_clip: float | None = None,
 ) -> LossTerms | None:
-    """One Puzzle-CAM optimisation step; returns the loss terms, or ``None`` if the loss was not finite.
+    """One optimisation step of ``objective``; returns the loss terms, or ``None`` if the loss was not finite.
 
     Under DDP the ranks agree first: if the loss is not finite on any rank, every rank skips the
     step (a lone rank skipping ``backward`` would leave the others waiting in the gradient all-reduce).
     """
     optimizer.zero_grad(set_to_none=True)
-    with autocast(amp):
-        out = model(images, puzzle=True)
-    terms = criterion(out, targets, w_rec=w_rec)
+    terms = objective.train_terms(model, images, targets, w_rec, amp)
     if not ddp.all_true(bool(torch.isfinite(terms.total))):
         return None
     scaler.scale(terms.total).backward()
@@ -251,7 +199,7 @@ def _mean_terms(acc: torch.Tensor) -> tuple[float, float, float, float, int]:
 def train_one_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
-    criterion: ComboLoss,
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     amp: AmpSettings,
@@ -275,7 +223,7 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         w = rec_weight(float(cfg["loss"]["w_rec"]), state.global_step, warmup_steps)
-        terms = train_step(model, images, targets, criterion, optimizer, scaler, amp, w, cfg["train"].get("grad_clip"))
+        terms = train_step(model, images, targets, objective, optimizer, scaler, amp, w, cfg["train"].get("grad_clip"))
         state.global_step += 1
         if terms is None:
             skipped += 1
@@ -293,13 +241,13 @@ def train_one_epoch(
 def evaluate(
     model: torch.nn.Module,
     loader: DataLoader,
-    criterion: ComboLoss,
+    objective: Objective,
     amp: AmpSettings,
     device: torch.device,
     progress: bool = True,
     channels_last: bool = False,
 ) -> EpochResult:
-    """Validation ComboLoss (configured weights) and ``sigmoid(logits)`` gathered from every rank."""
+    """Validation loss (configured weights) and ``sigmoid(logits)`` gathered from every rank."""
     net: PuzzleCAM = ddp.unwrap(model)
     net.eval()
     acc = torch.zeros(5, dtype=torch.float64)
@@ -311,11 +259,9 @@ def evaluate(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device)
-        with autocast(amp):
-            out = net.forward_puzzle(images)
-        terms = criterion(out, targets)
+        terms, logits = objective.eval_terms(net, images, targets, amp)
         _sum_terms(acc, terms, images.shape[0])
-        probs.append(torch.sigmoid(out.logits.float()).cpu().numpy())
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         trues.append(targets.cpu().numpy())
     loss, full, puzzle, rec, n = _mean_terms(acc)
     parts = ddp.all_gather_objects((np.concatenate(trues) if trues else np.zeros((0, net.num_classes), np.float32),
@@ -516,13 +462,15 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
     cfg["train"]["out"] = str(out)
     resume_path = resolve_resume(out, resume)
 
+    task = task_of(cfg)
     seed_everything(epoch_seed(int(t["seed"]), 2**31, 0))  # model init: same weights on every rank
     m = cfg["model"]
     try:
         model = build_model(m["name"], num_classes=int(m["num_classes"]), in_chans=int(m["in_chans"]),
                             pretrained_file=m.get("pretrained_file"), output_stride=m.get("output_stride"),
                             grid=int(m.get("puzzle_grid", 2)), stem_rule=m.get("stem_rule", "mean"))
-        model.check_input_size(int(cfg["data"]["size"]), int(cfg["data"]["size"]))
+        if task == "image":  # the puzzle tiles must line up; a cell classifier has no puzzle branch
+            model.check_input_size(int(cfg["data"]["size"]), int(cfg["data"]["size"]))
     except (ValueError, RuntimeError) as exc:
         raise TrainError(f"model: {exc}") from None
     model.to(device)
@@ -534,12 +482,13 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
     if info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_loader, val_loader, sampler, val_y = build_loaders(cfg, fold, info, device)
+    loaders = build_loaders if task == "image" else build_cell_loaders
+    train_loader, val_loader, sampler, val_y = loaders(cfg, fold, info, device)
     model.set_input_cfg(int(cfg["data"]["size"]), cfg["data"]["mean"], cfg["data"]["std"])  # resolved by now
     optimizer, scheduler = build_optimizer(net, t)
     scaler = make_scaler(amp)
-    loss_cfg = cfg["loss"]
-    criterion = ComboLoss(loss_cfg["w_full"], loss_cfg["w_puzzle"], loss_cfg["w_rec"], loss_cfg.get("rec_mask_by_labels", False))
+    objective = make_objective(cfg)
+    unit = ITEM_NAMES[task]
 
     state = _resume(resume_path, net, optimizer, scheduler, scaler, sampler, t) if resume_path else TrainState()
     progress = bool(t.get("progress", True)) and info.is_main
@@ -547,8 +496,8 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        logger.info("run %s: %s, fold %d, %d train / %d val images, %d steps/epoch, %s on %s x%d",
-                    out, m["name"], fold, len(train_loader.dataset), len(val_y), len(train_loader), amp.name,
+        logger.info("run %s: task %s, %s, fold %d, %d train / %d val %s, %d steps/epoch, %s on %s x%d",
+                    out, task, m["name"], fold, len(train_loader.dataset), len(val_y), unit, len(train_loader), amp.name,
                     device, info.world_size)
     chance = chance_map(val_y)
     epochs = int(t["epochs"])
@@ -557,8 +506,8 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
         seed_everything(epoch_seed(int(t["seed"]), epoch, info.rank), train_loader.dataset.transform)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        tr = train_one_epoch(net, train_loader, criterion, optimizer, scaler, amp, device, state, cfg, progress)
-        va = evaluate(net, val_loader, criterion, amp, device, progress, uses_channels_last(t))
+        tr = train_one_epoch(net, train_loader, objective, optimizer, scaler, amp, device, state, cfg, progress)
+        va = evaluate(net, val_loader, objective, amp, device, progress, uses_channels_last(t))
         if scheduler is not None:
             step_scheduler(scheduler, va.loss)
         state.epoch = epoch + 1
@@ -584,9 +533,9 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
             plot_curves(out / "curves.png", state.history, title=f"{cfg.get('name')} fold {fold}")
             tb.log(row, state.epoch)
             logger.info("epoch %d/%d  train %.4f (full %.4f puzzle %.4f rec %.4f)  val %.4f  F1 %.3f  mAP %.3f "
-                        "(chance %.3f)  %.1f img/s  %.1f s%s", state.epoch, epochs, tr.loss, tr.full, tr.puzzle, tr.rec,
-                        va.loss, row["val_f1"], row["val_map"], chance, row["train_img_per_s"], row["epoch_seconds"],
-                        "  *best*" if improved else "")
+                        "(chance %.3f)  %.1f %s/s  %.1f s%s", state.epoch, epochs, tr.loss, tr.full, tr.puzzle, tr.rec,
+                        va.loss, row["val_f1"], row["val_map"], chance, row["train_img_per_s"], unit,
+                        row["epoch_seconds"], "  *best*" if improved else "")
         ddp.barrier()
     tb.close()
     last_row = state.history[-1] if state.history else {}

@@ -27,6 +27,7 @@ from wsss.data.io import kaggle_shape, pixel_costs
 from wsss.data.prepare import prepare_cache
 from wsss.data.source import ImageSource as DataImageSource
 from wsss.infer.crops import CropParams
+from wsss.infer.oof import merge_oof
 from wsss.infer.runner import InferSettings, run_stage1, run_stage2
 from wsss.infer.sources import ImageSource, MaskSource
 from wsss.infer.tables import PartWriter, read_parquet
@@ -124,19 +125,24 @@ def test_pixel_counts_from_headers(tmp_path: Path) -> None:
     assert pixel_costs([(2, 3), None, (4, 4)]) == [6.0, 16.0, 16.0]
 
 
-def test_part_writers_of_every_rank_count_and_merge_in_order(tmp_path: Path) -> None:
+def test_part_writers_of_every_rank_count_merge_in_order_and_feed_oof(tmp_path: Path) -> None:
     images, masks = make_images(tmp_path)
     ids = _ids(images)
     ref, out = tmp_path / "ref", tmp_path / "out"
-    run_stage1(GreenRedCAM(), ids, ImageSource(images), MaskSource(masks, ref), settings(ref))
+    run_stage1(GreenRedCAM(), ids, ImageSource(images), MaskSource(masks, ref), settings(ref, fold=0))
     # rank 1 of an earlier sharded run finished some ids: a single process skips them and merges in id order
-    run_stage1(GreenRedCAM(), ids[:5], ImageSource(images), MaskSource(masks, out), settings(out))
+    run_stage1(GreenRedCAM(), ids[:5], ImageSource(images), MaskSource(masks, out), settings(out, fold=0))
     rank_dir = out / "parts_stage1" / "rank1"
     (out / "parts_stage1").rename(tmp_path / "moved")
     rank_dir.parent.mkdir()
     (tmp_path / "moved").rename(rank_dir)
     assert PartWriter(out, "stage1", ("cells", "images")).finished_ids() == set(ids[:5])
-    summary = run_stage1(GreenRedCAM(), ids, ImageSource(images), MaskSource(masks, out), settings(out))
+    for name in ("cells_stage1", "images_stage1", "processed_stage1"):
+        (out / f"{name}.parquet").unlink()  # as if rank 0 never consolidated them
+    folds = pd.DataFrame({"ID": ids, "Label": ["0"] * len(ids), "fold": [0] * len(ids)})
+    merged, report = merge_oof([out], folds, stage=1)  # OOF reads the parts of every rank
+    assert report.n_covered == 5 and report.missing == ids[5:] and sorted(merged["images"]["image_id"]) == ids[:5]
+    summary = run_stage1(GreenRedCAM(), ids, ImageSource(images), MaskSource(masks, out), settings(out, fold=0))
     assert summary.already_done == 5 and summary.processed == ids[5:]  # its rows come first in the parts
     for name in ("cells_stage1", "images_stage1", "processed_stage1"):
         assert (out / f"{name}.parquet").read_bytes() == (ref / f"{name}.parquet").read_bytes(), name

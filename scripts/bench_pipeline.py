@@ -300,12 +300,21 @@ def timed_processes(args: argparse.Namespace, shares: list[list[Sample]]) -> flo
     return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
-def scaling(args: argparse.Namespace, samples: list[Sample]) -> tuple[float, float, int]:
-    """``(seconds with 1 process, seconds with --procs processes, images)``: the same images, shares by pixels."""
+def scaling(args: argparse.Namespace, samples: list[Sample], table: pd.DataFrame) -> tuple[float, float, int]:
+    """``(seconds with 1 process, seconds with --procs processes, images)`` on the same images.
+
+    The shares are balanced (:func:`wsss.dist.share_of`) by each image's cost measured above: after
+    ``read+resize`` everything runs at 512 px, so the pixel count alone would mis-balance this mix.
+    """
     work = [samples[k % len(samples)] for k in range(args.scale_images)]
+    steps = table[table["step"].isin(STEPS)]
+    measured_cost = steps.groupby("image")["seconds"].sum().to_dict()
     ids = [f"{k}" for k in range(len(work))]
-    costs = [float(s.side) ** 2 for s in work]
+    costs = [measured_cost.get(s.image_id[:12], 1.0) for s in work]
     shares = [[work[int(i)] for i in share_of(ids, costs, args.procs, r)] for r in range(args.procs)]
+    print(f"scaling shares: {[len(sh) for sh in shares]} images, "
+          f"{[round(sum(costs[int(i)] for i in share_of(ids, costs, args.procs, r)), 1) for r in range(args.procs)]} "
+          "s of measured work", flush=True)
     return timed_processes(args, [work]), timed_processes(args, shares), len(work)
 
 
@@ -356,8 +365,8 @@ def projection(table: pd.DataFrame, mix: dict[int, float], speedup: float, procs
              "  a step's per-image cost = the median measured here at that side (1 thread, CPU above); read+resize "
              "and encode scale with the original pixel count (other sides from the nearest measured one), the "
              "others work on the 512 px cache (mean over the sides)",
-             f"  P CPU processes of 1 thread on P free cores keep the parallel efficiency measured here with "
-             f"{procs_measured}: {eff:.2f}",
+             f"  P CPU processes of 1 thread on P free cores: 'ideal' = efficiency 1, 'measured' = the parallel "
+             f"efficiency measured here with {procs_measured} processes ({eff:.2f}; a shared machine lowers it)",
              f"  {crops_per_image:.1f} cells (crops) per image, the mean of the measured images",
              "  the pipeline: wsss-prepare (read+resize) -> wsss-segment on the 512 px cache -> stage 1 -> stage 2 -> "
              "encode; one model, no TTA",
@@ -374,14 +383,15 @@ def projection(table: pd.DataFrame, mix: dict[int, float], speedup: float, procs
                   "time per image = max(GPU time, CPU time / cores)"]
     else:
         lines.append("  no GPU figures given (--gpu-stage1-img-s, --gpu-stage2-crops-s): CPU lines only")
-    lines.append(f"{'images':>8} {'P':>4} {'CPU hours':>10}" + (f" {'GPU hours':>10}" if gpu else ""))
+    lines.append(f"{'images':>8} {'P':>4} {'CPU h ideal':>12} {'CPU h measured':>15}"
+                 + (f" {'GPU h':>8}" if gpu else ""))
     for n in (args.test_images, args.oof_images):
         for p in args.processes:
-            cpu_h = n * cpu_image / (p * (eff if p > 1 else 1.0)) / 3600
-            text = f"{n:>8} {p:>4} {cpu_h:>10.2f}"
+            ideal = n * cpu_image / p / 3600
+            text = f"{n:>8} {p:>4} {ideal:>12.2f} {ideal / (eff if p > 1 else 1.0):>15.2f}"
             if gpu:
                 per = max(gpu_side, cpu_side / max(1, args.cpu_per_gpu))
-                text += f" {n * per / p / 3600:>10.2f}"
+                text += f" {n * per / p / 3600:>8.2f}"
             lines.append(text)
     return lines
 
@@ -415,17 +425,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-stage2-crops-s", type=float, default=None, help="GPU stage-2 crops/s (measured elsewhere)")
     p.add_argument("--cpu-per-gpu", type=int, default=4, help="CPU cores feeding each GPU process (GPU projection)")
     p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="measure nothing: print the table and the projection of a saved --json (e.g. with GPU figures)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        table = pd.DataFrame(saved["steps"])
+        print(f"measurements of {args.from_json}: {saved.get('machine', '')}")
+        print_table(table)
+        for line in projection(table, size_mix(args.data, args.mix), saved["speedup"], saved["procs"], args):
+            print(line)
+        return 0
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     device = torch.device(args.device)
-    print(f"{cpu_capability().describe()}; {describe(amp_settings(args.precision, device))}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs visible, device {device}")
+    machine = (f"{cpu_capability().describe()}; {describe(amp_settings(args.precision, device))}; "
+               f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), OMP_NUM_THREADS="
+               f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs visible, device {device}")
+    print(machine)
     tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         samples = real_samples(args.data) + synthetic_samples(tmp / "synth", args.sides, args.synthetic, 3)
@@ -449,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['cells']} cells in {r['seconds']:.1f} s: {unit}")
         speedup, procs_measured = 1.0, 1
         if args.procs > 1:
-            t1, tp, n = scaling(args, samples)
+            t1, tp, n = scaling(args, samples, table)
             speedup, procs_measured = t1 / tp, args.procs
             print(f"scaling: {n} images (read+resize, segment, stage 1, stage 2, encode; 1 thread per process): "
                   f"1 process {t1:.1f} s, {args.procs} processes {tp:.1f} s: speed-up {speedup:.2f}x "
@@ -457,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in projection(table, size_mix(args.data, args.mix), speedup, procs_measured, args):
             print(line)
         if args.json:
-            args.json.write_text(json.dumps({"steps": table.to_dict(orient="records"), "end_to_end": e2e,
+            args.json.write_text(json.dumps({"machine": machine, "model": args.model,
+                                             "steps": table.to_dict(orient="records"), "end_to_end": e2e,
                                              "speedup": speedup, "procs": procs_measured}, indent=2, default=str))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

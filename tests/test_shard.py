@@ -263,3 +263,15 @@ def test_torchrun_infer_stage1_two_ranks_writes_the_one_process_tables(tmp_path:
         one, two = tmp_path / "inf1" / f"{name}.parquet", tmp_path / "inf2" / f"{name}.parquet"
         assert one.read_bytes() == two.read_bytes(), name
     assert list((tmp_path / "inf2" / "parts_stage1" / "rank1").glob("done-*.parquet"))
+
+
+def test_stage_ws_under_torchrun_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from wsss.cli.infer import main as infer_main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code = infer_main(["--stage", "ws", "--ckpt", str(tmp_path / "ws.safetensors"), "--images", str(tmp_path),
+                       "--masks", str(tmp_path), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("wsss-infer: error: --stage ws") and "torchrun" in err

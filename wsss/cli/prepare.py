@@ -62,10 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    progress=not args.quiet)
     except (ImageReadError, ValueError, OSError) as exc:
         return refuse("wsss-prepare", exc)
-    if report.failed and not info.is_main:
-        return EXIT_SKIPPED
-    if not info.is_main:
-        return EXIT_OK
+    if not info.is_main:  # rank 0 prints the report of every rank
+        return EXIT_SKIPPED if report.failed else EXIT_OK
     print(f"wsss-prepare: {len(report.written)} written, {len(report.skipped)} already done, "
           f"{len(report.failed)} failed -> {args.out}")
     if report.failed:

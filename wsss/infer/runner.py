@@ -18,8 +18,8 @@ goes on. Results are written every ``chunk_images`` images through :class:`~wsss
 so a killed run resumes by skipping the ids of finished chunks; resuming is refused (:class:`RunError`)
 when the folder was written with another fold, source, checkpoint or scoring settings.
 
-On a CUDA device the loader pins its batches (stage 2: the pooled crops of a batch of images,
-concatenated in the worker) and the copies to the device are asynchronous, so with ``workers`` the
+On a CUDA device the loader pins its batches (stage 1: the images stacked in the worker; stage 2:
+the pooled crops of a batch of images, concatenated in the worker) and the copies to the device are asynchronous, so with ``workers`` the
 next images are read and cropped while the device runs the current ones.
 
 Inside a process group (``torchrun``, :mod:`wsss.dist`) each rank runs its share of the ids still
@@ -169,6 +169,12 @@ class _Items(Dataset):
 
 def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
+
+
+def _stack_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stage-1 collate (runs in the worker): the items without their images, and the images in one tensor."""
+    images = [item.pop("image") for item in batch if item["ok"]]
+    return {"items": batch, "images": torch.stack(images) if images else None}
 
 
 def _pool_crops(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -346,14 +352,16 @@ def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
     cam_hw = probe_cam_size(model, settings.input_size, settings.device)
     dataset = _Items(todo, images, masks, settings, stage=1, cam_hw=cam_hw)
     chunk = _Chunk()
-    for batch in tqdm(_loader(dataset, settings.batch_size, settings.workers, settings.device), desc="stage 1",
-                      total=(len(todo) + settings.batch_size - 1) // max(1, settings.batch_size), unit="batch"):
-        ok = _record_failures(batch, summary)
+    for batch in tqdm(_loader(dataset, settings.batch_size, settings.workers, settings.device, collate=_stack_images),
+                      desc="stage 1", total=(len(todo) + settings.batch_size - 1) // max(1, settings.batch_size),
+                      unit="batch"):
+        ok = _record_failures(batch["items"], summary)
         if not ok:
             continue
-        x = torch.stack([it["image"] for it in ok]).to(settings.device, non_blocking=True)
-        probs, cams = forward_cams(model, x, tta, settings.precision)
+        probs, cams = forward_cams(model, batch["images"].to(settings.device, non_blocking=True), tta,
+                                   settings.precision)
         probs_np = probs.cpu().numpy()
+        cams = cams.float().cpu()  # one copy per batch, not one per image
         for j, item in enumerate(ok):
             overlap, magnitude = cell_measures(item["footprints"], cams[j], settings.score.threshold)
             cell_p = cell_probabilities(overlap, magnitude, probs_np[j], settings.score)

@@ -239,24 +239,26 @@ def _run_info(settings: InferSettings, stage: int) -> dict[str, Any]:
 
 def _finish(summary: RunSummary, writer: PartWriter, out_dir: Path, tag: str, started: float,
             order: Sequence[str]) -> RunSummary:
-    """End of a stage: every rank's summary merged, the tables consolidated and the summary written by rank 0."""
-    summary.seconds = round(time.perf_counter() - started, 3)
+    """End of a stage: every rank's summary merged, then rank 0 consolidates the tables and writes the summary.
+
+    ``seconds`` is rank 0's wall time from the start to the written tables (the whole run's time).
+    """
     summary = merge_summaries(dist.all_gather_objects(summary), order)  # every rank has finished here
 
-    def write() -> dict[str, str]:
-        outputs = {k: str(v) for k, v in writer.consolidate(order).items()}
+    def write() -> tuple[dict[str, str], float]:
+        summary.outputs = {k: str(v) for k, v in writer.consolidate(order).items()}
+        summary.seconds = round(time.perf_counter() - started, 3)
         skipped = pd.DataFrame(summary.skipped, columns=["image_id", "reason"])
         atomic_write_bytes(out_dir / f"skipped_{tag}.csv", skipped.to_csv(index=False).encode())
-        atomic_write_bytes(out_dir / f"summary_{tag}.json",
-                           json.dumps({**summary.to_dict(), "outputs": outputs}, indent=2).encode())
-        return outputs
+        atomic_write_bytes(out_dir / f"summary_{tag}.json", json.dumps(summary.to_dict(), indent=2).encode())
+        return summary.outputs, summary.seconds
 
-    summary.outputs = dist.on_main(write)
+    summary.outputs, summary.seconds = dist.on_main(write)
     return summary
 
 
 def merge_summaries(parts: Sequence[RunSummary], order: Sequence[str]) -> RunSummary:
-    """One :class:`RunSummary` from the ranks' (ids in ``order``, slowest rank's seconds); a single part as it is."""
+    """One :class:`RunSummary` from the ranks' (ids in ``order``); a single part as it is."""
     if len(parts) == 1:
         return parts[0]
     rank = {image_id: i for i, image_id in enumerate(order)}
@@ -264,7 +266,7 @@ def merge_summaries(parts: Sequence[RunSummary], order: Sequence[str]) -> RunSum
     return RunSummary(stage=first.stage, requested=first.requested, already_done=first.already_done,
                       processed=sorted((i for p in parts for i in p.processed), key=lambda i: rank.get(i, len(rank))),
                       skipped=sorted((s for p in parts for s in p.skipped), key=lambda s: rank.get(s[0], len(rank))),
-                      n_cells=sum(p.n_cells for p in parts), seconds=max(p.seconds for p in parts))
+                      n_cells=sum(p.n_cells for p in parts))
 
 
 def probe_cam_size(model: nn.Module, input_size: int, device: torch.device) -> tuple[int, int]:

@@ -330,13 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         ("end_to_end", lambda: end_to_end(args, device)),
         ("watershed", lambda: watershed(args, device)),
     ]
-    for name, fn in checks:
-        if not any(name.startswith(s) for s in args.skip):
-            run_check(name, fn, summary)
-    if "ddp" not in args.skip:
-        with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_") as tmp:
-            run_check("ddp", lambda: ddp_smoke(device, Path(tmp)), summary)
-    summary["ok"] = all(c["ok"] for c in summary["checks"].values())
+    try:
+        for name, fn in checks:
+            if not any(name.startswith(s) for s in args.skip):
+                run_check(name, fn, summary)
+        if "ddp" not in args.skip:
+            with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_") as tmp:
+                run_check("ddp", lambda: ddp_smoke(device, Path(tmp)), summary)
+    except KeyboardInterrupt:  # gpu_check.sh's time limit (SIGINT): still print what was measured
+        summary["interrupted"] = "stopped by the time limit or Ctrl-C; the checks not listed did not run"
+    summary["ok"] = all(c["ok"] for c in summary["checks"].values()) and "interrupted" not in summary
     text = json.dumps(summary, indent=2, default=str)
     if args.out:
         args.out.write_text(text + "\n")

@@ -106,12 +106,12 @@ def run_task(task: Task) -> Result:
         return Result(task.image_id, error=msg)
 
 
-def run_tasks(tasks: list[Task], workers: int, progress: bool) -> list[Result]:
+def run_tasks(tasks: list[Task], workers: int, progress: bool, desc: str = "segment") -> list[Result]:
     """Run tasks in ``workers`` processes (in-process when 1) with a progress bar."""
     from tqdm import tqdm  # noqa: PLC0415
 
     results: list[Result] = []
-    bar = tqdm(total=len(tasks), desc="segment", unit="img", disable=not progress)
+    bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress)
     try:
         if workers <= 1 or len(tasks) <= 1:
             _init_worker()
@@ -140,22 +140,35 @@ def check_config(out: Path, config: dict, overwrite: bool) -> None:
                               "use another output folder or --overwrite")
 
 
-def pending_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],
-                  size: int | None, border: str, masks: Path | None, params: dict, overwrite: bool,
-                  model: Path | None = None, tta: bool = True, markers: str = "nuclei",
-                  diameter: float | str | None = None) -> list[Task]:
-    """The tasks of the ids still to do (all with ``overwrite``; finished ids are skipped, logged).
+def pending_ids(ids: list[str], out: Path, overwrite: bool) -> list[str]:
+    """The ids still to do (all with ``overwrite``; finished ids are skipped, logged).
 
     An id is finished when its ``{ID}.npz`` is a label-map file that opens and holds every array
     of the format (:func:`wsss.masks.is_label_map_file`); a zero-byte or truncated file is redone.
-    ``model`` (a watershed checkpoint), ``tta`` and ``markers``: see :func:`hpa_seg.pipeline.segment_with_model`;
-    ``diameter``: see :func:`hpa_seg.pipeline.segment`.
     """
     todo = [i for i in ids if overwrite or not is_label_map_file(out / f"{i}.npz")]
     if len(todo) < len(ids):
         logger.info("%d of %d ids already done in %s (skipped)", len(ids) - len(todo), len(ids), out)
+    return todo
+
+
+def make_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],
+               size: int | None, border: str, masks: Path | None, params: dict,
+               model: Path | None = None, tta: bool = True, markers: str = "nuclei",
+               diameter: float | str | None = None) -> list[Task]:
+    """One :class:`Task` per id. ``model`` (a watershed checkpoint), ``tta`` and ``markers``: see
+    :func:`hpa_seg.pipeline.segment_with_model`; ``diameter``: see :func:`hpa_seg.pipeline.segment`."""
     return [Task(i, str(out / f"{i}.npz"), kind, str(root), orig_sizes.get(i), size, border,
-                 str(masks) if masks else None, params, str(model) if model else None, tta, markers, diameter) for i in todo]
+                 str(masks) if masks else None, params, str(model) if model else None, tta, markers, diameter) for i in ids]
+
+
+def pending_tasks(ids: list[str], out: Path, kind: str, root: Path, orig_sizes: dict[str, tuple[int, int]],
+                  size: int | None, border: str, masks: Path | None, params: dict, overwrite: bool,
+                  model: Path | None = None, tta: bool = True, markers: str = "nuclei",
+                  diameter: float | str | None = None) -> list[Task]:
+    """The tasks of the ids still to do (:func:`pending_ids`, then :func:`make_tasks`)."""
+    return make_tasks(pending_ids(ids, out, overwrite), out, kind, root, orig_sizes, size, border, masks, params,
+                      model, tta, markers, diameter)
 
 
 def write_overlays(kind: str, root: Path, known_ids: list[str], out: Path, ids: list[str]) -> list[str]:

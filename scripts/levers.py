@@ -95,11 +95,14 @@ class Budget:
     seeds: tuple[int, ...]
     config: str = "configs/cpu_demo.yaml"
     batch_size: int = 16
+    cell_epochs: int = 12
+    cell_config: str = "configs/cell_cpu.yaml"
 
 
 BUDGETS: dict[str, Budget] = {
-    "test": Budget(count=16, size=128, variability=0.7, n_folds=2, epochs=1, seeds=(0, 1), batch_size=8),
-    "tiny": Budget(count=128, size=128, variability=0.7, n_folds=2, epochs=10, seeds=(0, 1), batch_size=8),
+    "test": Budget(count=16, size=128, variability=0.7, n_folds=2, epochs=1, seeds=(0, 1), batch_size=8, cell_epochs=1),
+    "tiny": Budget(count=128, size=128, variability=0.7, n_folds=2, epochs=10, seeds=(0, 1), batch_size=8,
+                   cell_epochs=6),
     "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1)),
 }
 
@@ -252,6 +255,26 @@ def train_model(run: Run, seed: int, fold: int, out: Path, extra: Sequence[str] 
     call(train_main, argv)
 
 
+def crop_side(size: int) -> int:
+    """The cell classifier's crop side for fields of ``size`` px: a quarter of the side (64 px at 256), a multiple of 16."""
+    return max(32, 16 * round(size / 4 / 16))
+
+
+def train_cell_model(run: Run, seed: int, fold: int, out: Path, targets: Path | None) -> None:
+    """``wsss-train --task cell`` of one fold on the run's label maps (soft per-cell ``targets`` if given)."""
+    from wsss.cli.train import main as train_main
+
+    b = run.budget
+    argv = ["--config", str(ROOT / b.cell_config), "--task", "cell", "--fold", str(fold), "--cache", str(run.cache),
+            "--folds", str(run.folds), "--masks", str(run.seg), "--out", str(out), "--epochs", str(b.cell_epochs),
+            "--set", f"data.size={crop_side(b.size)}", "--set", f"train.seed={seed}", "--quiet"]
+    if targets is not None:
+        argv += ["--soft-labels", str(targets)]
+    if (out / "last.safetensors").is_file():
+        argv.append("--resume")
+    call(train_main, argv)
+
+
 def infer(run: Run, stage: str, ckpt: Path, out: Path, fold: int, extra: Sequence[str]) -> None:
     """``wsss-infer --stage STAGE`` on fold ``fold``'s validation ids."""
     from wsss.cli.infer import main as infer_main
@@ -281,10 +304,11 @@ def available(what: str) -> bool:
 
         return any("--task" in a.option_strings for a in train_parser()._actions)
     if what == "infer":
-        from wsss.cli import infer as infer_cli
+        from wsss.cli.infer import build_parser as infer_parser
 
+        stage = next(a for a in infer_parser()._actions if "--stage" in a.option_strings)
         try:
-            infer_cli._stage("cell")
+            stage.type("cell")
         except argparse.ArgumentTypeError:
             return False
         return True
@@ -308,11 +332,10 @@ def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> Pat
     from wsss.cli.oof import main as oof_main
 
     base = run.seed_dir(seed) / name
-    extra = ["--task", "cell", "--set", f"masks={run.seg}"] + (["--set", f"data.targets={targets}"] if targets else [])
     try:
         for fold in range(run.budget.n_folds):
             step(run, f"seed{seed}/{name}/train{fold}",
-                 lambda f=fold: train_model(run, seed, f, base / f"run_fold{f}", extra))
+                 lambda f=fold: train_cell_model(run, seed, f, base / f"run_fold{f}", targets))
             step(run, f"seed{seed}/{name}/infer{fold}",
                  lambda f=fold: infer(run, "cell", base / f"run_fold{f}", base / f"infer_fold{f}", f, []))
         step(run, f"seed{seed}/{name}/oof", lambda: call(oof_main, [
@@ -334,11 +357,12 @@ def pseudo_targets(run: Run, seed: int, round_: int, table: Path) -> Path | None
 
     out = run.seed_dir(seed) / f"pseudo{round_}"
     try:
-        step(run, f"seed{seed}/pseudo{round_}", lambda: call(pseudo_main, [str(table), "--out", str(out)]))
+        step(run, f"seed{seed}/pseudo{round_}",
+             lambda: call(pseudo_main, [str(table), "--folds", str(run.folds), "--out", str(out)]))
     except (StepError, SystemExit) as exc:
         print(f"[levers] pseudo round {round_}: skipped, wsss-pseudo failed ({exc})", flush=True)
         return None
-    return out
+    return out / "cell_targets.parquet"
 
 
 # --------------------------------------------------------------------------- one seed

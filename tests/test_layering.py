@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: ``wsss.viz`` sits under ``wsss.data`` (the synthetic-data generator draws with it) only because it
 #: is a pure leaf: it imports nothing from the project (test_viz_is_a_pure_leaf).
 LAYERS: list[list[str]] = [
-    ["wsss", "wsss.fileio", "wsss.precision"],
+    ["wsss", "wsss.fileio", "wsss.precision", "wsss.dist"],
     ["wsss.masks"],
     ["wsss.viz"],
     ["wsss.data"],

@@ -3,7 +3,8 @@
 * :func:`atomic_write_bytes` writes through a temporary sibling and an atomic rename, so a killed
   process never leaves a truncated file under the final name (a resumed run can trust every file
   it finds).
-* :func:`decode_image_file` decodes a PNG/JPEG/TIFF file as stored (OpenCV, tifffile fallback).
+* :func:`decode_image_file` decodes a PNG/JPEG/TIFF file as stored (OpenCV, tifffile fallback);
+  :func:`image_file_shape` reads only its header (the size, for balancing work over processes).
 * The resume guard: a run records its settings in a JSON file of its output folder
   (:func:`write_json`); a later run into the same folder reads that record (:func:`read_record`)
   and compares the settings that must not change (:func:`changed_settings`). Callers turn the
@@ -111,6 +112,39 @@ def decode_image_file(path: Path | str) -> np.ndarray | None:
         except Exception:  # noqa: BLE001 - any decoder failure means "not readable"
             image = None
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_shape(path: Path | str) -> tuple[int, int] | None:
+    """``(height, width)`` from a PNG's IHDR header, ``None`` when the file is not a readable PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
+def image_file_shape(path: Path | str) -> tuple[int, int] | None:
+    """``(height, width)`` of an image file from its header only; ``None`` when it is not readable.
+
+    PNG: the IHDR chunk (:func:`png_shape`); other formats: Pillow's lazy open, which reads the header only.
+    """
+    shape = png_shape(path)
+    if shape is not None or str(path).lower().endswith(".png"):
+        return shape
+    try:
+        from PIL import Image  # noqa: PLC0415 - optional: a transitive dependency (matplotlib, torchvision)
+
+        with Image.open(path) as image:
+            width, height = image.size
+        return int(height), int(width)
+    except Exception:  # noqa: BLE001 - any header failure means "size unknown"
+        return None
 
 
 def read_record(path: Path | str) -> dict[str, Any] | None:

@@ -6,6 +6,10 @@ the crops it was trained on; ``--tta`` = D4 over the crops); stage ``ws`` with t
 class head. ``--fold k --folds folds.csv`` runs on fold ``k``'s validation ids (out-of-fold) and records
 the fold; ``{fold}`` in ``--ckpt`` is replaced by ``k``. Runs resume where they stopped; bad ids are
 listed in the summary. See docs/inference.md.
+
+Under ``torchrun`` (``torchrun --nproc-per-node P -m wsss.cli.infer ...``) every rank runs its share
+of the ids (one GPU per local rank with ``--device cuda``; NCCL on GPUs, gloo on CPUs) and rank 0
+writes the tables a single process would write and prints the summary (:mod:`wsss.infer.runner`).
 """
 
 from __future__ import annotations
@@ -111,6 +115,22 @@ def select_ids(args: argparse.Namespace, all_ids: list[str]) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     """The run behind :func:`main`: 0 when every id was done, 1 when some were skipped (listed)."""
+    from wsss import dist
+    from wsss.infer.settings import resolve_device
+
+    cfg = resolve_config(args)
+    check_output_dir(args.out)
+    device = resolve_device(cfg["device"])  # before loading: a bad --device is a one-line error
+    info = dist.env_info()
+    if args.stage == "ws" and info.enabled:
+        raise ConfigError("--stage ws writes its table in one go: run it without torchrun (or with one process)")
+    with dist.session(dist.local_device(device, info) if info.enabled else device) as info:
+        return _run_stage(args, cfg, info)
+
+
+def _run_stage(args: argparse.Namespace, cfg: dict[str, Any], info: Any) -> int:
+    """One stage on this rank (all of it without a process group); rank 0 prints the summary."""
+    from wsss import dist
     from wsss.infer.cams import amp_settings
     from wsss.infer.runner import render_overlays, run_stage1, run_stage2, run_stage_cell
     from wsss.precision import describe
@@ -118,42 +138,39 @@ def _run(args: argparse.Namespace) -> int:
     from wsss.infer.sources import ImageSource, MaskSource
     from wsss.models.checkpoint import load_model_from_checkpoint
 
-    cfg = resolve_config(args)
-    check_output_dir(args.out)
-    device = resolve_device(cfg["device"])  # before loading: a bad --device is a one-line error
+    device = resolve_device(cfg["device"])
     ckpt = resolve_checkpoint(args.ckpt, args.fold)
     if args.stage == "ws":
         return _run_ws(args, cfg, ckpt, device)
+    local = dict(cfg)
+    if info.enabled:  # this rank's GPU (cuda -> cuda:LOCAL_RANK); the saved config keeps the value given
+        local["device"] = str(dist.local_device(device, info))
     images = ImageSource(args.images)
     ids = [] if args.overlay_only else select_ids(args, images.list_ids())  # bad folds/ids: refused before work
     masks = MaskSource(args.masks, args.out, cfg["masks"].get("working_size"))
-    model, train_cfg = load_model_from_checkpoint(ckpt, device=str(device))
+    model, train_cfg = load_model_from_checkpoint(ckpt, device=str(local["device"]))
     check_task(ckpt, train_cfg, args.stage)
-    settings = build_settings(cfg, args.out, args.stage, model.model_cfg,
+    settings = build_settings(local, args.out, args.stage, model.model_cfg,
                               fold=-1 if args.fold is None else args.fold,
                               run_info={"ckpt": str(ckpt.resolve())}, train_cfg=train_cfg)
     amp = amp_settings(settings.precision, settings.device)
-    logger.info("%s", describe(amp))
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_config({**cfg, "resolved": {"ckpt": str(ckpt.resolve()), "input_size": settings.input_size,
-                                     "mean": list(settings.mean), "std": list(settings.std),
-                                     "source": settings.source, "fold": settings.fold,
-                                     "precision": amp.canonical, "autocast": amp.name, "why": describe(amp)}},
-                args.out / f"config_stage{args.stage}.yaml")
+    if info.is_main:
+        logger.info("%s", describe(amp))
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_config({**cfg, "resolved": {"ckpt": str(ckpt.resolve()), "input_size": settings.input_size,
+                                         "mean": list(settings.mean), "std": list(settings.std),
+                                         "source": settings.source, "fold": settings.fold,
+                                         "precision": amp.canonical, "autocast": amp.name, "why": describe(amp)}},
+                    args.out / f"config_stage{args.stage}.yaml")
     code = EXIT_OK
     if not args.overlay_only:
         runner = {1: run_stage1, 2: run_stage2, "cell": run_stage_cell}[args.stage]
         summary = runner(model, ids, images, masks, settings)
-        print(f"{PROG}: stage {args.stage} ({settings.source}, fold {settings.fold}): "
-              f"{len(summary.processed)} images, {summary.n_cells} cells in {summary.seconds:.1f}s; "
-              f"{summary.already_done} already done; {len(summary.skipped)} skipped")
-        for image_id, reason in summary.skipped:
-            print(f"  skipped {image_id}: {reason}")
         if summary.skipped:
             code = EXIT_SKIPPED
-        for name, path in summary.outputs.items():
-            print(f"  {name}: {path}")
-    if args.overlay:
+        if info.is_main:
+            _print_summary(args.stage, settings, summary)
+    if args.overlay and info.is_main:
         pics = render_overlays(model, args.overlay, images, masks, settings, args.stage,
                                top=int(cfg["overlay"]["top_labels"]), min_prob=float(cfg["overlay"]["min_prob"]))
         for path in pics:
@@ -169,6 +186,17 @@ def check_task(ckpt: Path, train_cfg: dict[str, Any], stage: int | str) -> None:
                           "checkpoint (use --stage 1 or 2 for this one)")
     if stage != "cell" and task == "cell":
         raise ConfigError(f"{ckpt}: a cell classifier (task cell); use --stage cell")
+
+
+def _print_summary(stage: int | str, settings: Any, summary: Any) -> None:
+    """The run's summary lines on stdout."""
+    print(f"{PROG}: stage {stage} ({settings.source}, fold {settings.fold}): "
+          f"{len(summary.processed)} images, {summary.n_cells} cells in {summary.seconds:.1f}s; "
+          f"{summary.already_done} already done; {len(summary.skipped)} skipped")
+    for image_id, reason in summary.skipped:
+        print(f"  skipped {image_id}: {reason}")
+    for name, path in summary.outputs.items():
+        print(f"  {name}: {path}")
 
 
 def _run_ws(args: argparse.Namespace, cfg: dict[str, Any], ckpt: Any, device: Any) -> int:

@@ -1,4 +1,8 @@
-"""``wsss-prepare SRC OUT --size 512``: build the RGBY cache and its manifest from the Kaggle layout."""
+"""``wsss-prepare SRC OUT --size 512``: build the RGBY cache and its manifest from the Kaggle layout.
+
+Under ``torchrun`` every rank prepares its share of the ids (balanced by image size) and rank 0
+merges the manifest and prints the report (:mod:`wsss.data.prepare`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pandas as pd
 
 from wsss.cli.common import EXIT_EPILOG, EXIT_OK, EXIT_SKIPPED, refuse
 from wsss.data.io import ImageReadError, list_image_ids
+from wsss import dist
 from wsss.data.prepare import prepare_cache
 
 logger = logging.getLogger(__name__)
@@ -52,10 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         ids = _ids(args)
-        report = prepare_cache(args.src, args.out, ids, size=args.size, workers=args.workers,
-                               progress=not args.quiet)
+        with dist.session("cpu") as info:
+            report = prepare_cache(args.src, args.out, ids, size=args.size, workers=args.workers,
+                                   progress=not args.quiet)
     except (ImageReadError, ValueError, OSError) as exc:
         return refuse("wsss-prepare", exc)
+    if not info.is_main:  # rank 0 prints the report of every rank
+        return EXIT_SKIPPED if report.failed else EXIT_OK
     print(f"wsss-prepare: {len(report.written)} written, {len(report.skipped)} already done, "
           f"{len(report.failed)} failed -> {args.out}")
     if report.failed:

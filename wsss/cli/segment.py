@@ -9,6 +9,10 @@ one line and the run goes on; the exit status is 1 when any image failed (2: ref
 work). An image without cells gives empty maps. ``--overlay ID ...`` writes
 ``OUT/overlays/{ID}.png`` (outlines over the composite). The settings of the run are written to ``OUT/segment_config.json``; resuming with
 other settings is refused unless ``--overwrite``. The work is done by :mod:`hpa_seg.run`.
+
+Under ``torchrun`` (``torchrun --nproc-per-node P -m wsss.cli.segment ...``) every rank segments
+its share of the ids still to do, balanced by image size (:mod:`wsss.dist`), and rank 0 reports
+the whole run; the files are the ones a single process writes.
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ def _check_model(path: Path) -> None:
 def _main(args: argparse.Namespace) -> int:
     from hpa_seg import run  # noqa: PLC0415
     from hpa_seg.params import SegParams  # noqa: PLC0415
+    from wsss import dist  # noqa: PLC0415
     from wsss.data.source import ImageSource  # noqa: PLC0415
 
     if args.workers < 1:
@@ -153,33 +158,47 @@ def _main(args: argparse.Namespace) -> int:
     if not ids:
         raise SegmentCliError(f"{args.images}: no images found")
     out: Path = check_output_dir(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     config = {"images": str(args.images.resolve()), "layout": source.kind, "size": size, "border": args.border,
               "masks": str(args.masks.resolve()) if args.masks else None,
               "params": asdict(SegParams().with_overrides(**params)),
               "diameter": diameter,
               "model": str(args.model.resolve()) if args.model else None,
               "tta": bool(args.tta) if args.model else None, "markers": args.markers if args.model else None}
-    run.check_config(out, config, args.overwrite)
+    with dist.session("cpu") as info:
+        def plan() -> tuple[list[str], list[float]]:
+            out.mkdir(parents=True, exist_ok=True)
+            run.check_config(out, config, args.overwrite)
+            todo = run.pending_ids(ids, out, args.overwrite)
+            return todo, source.pixel_counts(todo) if info.enabled else []
 
-    tasks = run.pending_tasks(ids, out, source.kind, source.root, source.sizes, size, args.border, args.masks,
-                              params, args.overwrite, args.model, bool(args.tta), args.markers, diameter)
-    results = run.run_tasks(tasks, args.workers, progress=not args.quiet)
+        todo, costs = dist.on_main(plan)  # rank 0 checks the folder; every rank gets the same list
+        tasks = run.make_tasks(dist.take_share(todo, costs, info=info), out, source.kind, source.root, source.sizes,
+                               size, args.border, args.masks, params, args.model, bool(args.tta), args.markers,
+                               diameter)
+        results = run.run_tasks(tasks, args.workers, progress=not args.quiet,
+                                desc=f"segment {info.rank}/{info.world_size}" if info.enabled else "segment")
+        results = [r for part in dist.all_gather_objects(results) for r in part]
+        overlay_errors = dist.on_main(lambda: run.write_overlays(source.kind, source.root, all_ids, out, args.overlay)
+                                      if args.overlay else [])
+        return _report(results, overlay_errors, len(ids) - len(todo), out, info.is_main)
 
+
+def _report(results: list, overlay_errors: list[str], skipped: int, out: Path, show: bool) -> int:
+    """Print the failures and the summary (when ``show``: rank 0 of a sharded run); the exit status."""
     failed = [r for r in results if r.error]
-    empty = sorted(r.image_id for r in results if not r.error and r.n_cells == 0)
-    for r in sorted(failed, key=lambda r: r.image_id):
-        print(f"{PROG}: {r.error}", file=sys.stderr)
-    if empty:
-        logger.warning("%d image(s) with no cells (empty maps written): %s", len(empty), ", ".join(empty[:10]))
-    overlay_errors = run.write_overlays(source.kind, source.root, all_ids, out, args.overlay) if args.overlay else []
-    for msg in overlay_errors:
-        print(f"{PROG}: {msg}", file=sys.stderr)
-    skipped = len(ids) - len(tasks)
-    done = len(results) - len(failed)
-    logger.info("segmented %d image(s), %d failed, %d skipped; maps in %s", done, len(failed), skipped, out)
+    if show:
+        empty = sorted(r.image_id for r in results if not r.error and r.n_cells == 0)
+        for r in sorted(failed, key=lambda r: r.image_id):
+            print(f"{PROG}: {r.error}", file=sys.stderr)
+        if empty:
+            logger.warning("%d image(s) with no cells (empty maps written): %s", len(empty), ", ".join(empty[:10]))
+        for msg in overlay_errors:
+            print(f"{PROG}: {msg}", file=sys.stderr)
+        done = len(results) - len(failed)
+        logger.info("segmented %d image(s), %d failed, %d skipped; maps in %s", done, len(failed), skipped, out)
     if failed or overlay_errors:
-        print(f"{PROG}: {len(failed)} image(s) failed, {len(overlay_errors)} overlay(s) failed", file=sys.stderr)
+        if show:
+            print(f"{PROG}: {len(failed)} image(s) failed, {len(overlay_errors)} overlay(s) failed", file=sys.stderr)
         return EXIT_SKIPPED
     return EXIT_OK
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wsss.fileio import atomic_write_bytes, decode_image_file
+from wsss.fileio import atomic_write_bytes, decode_image_file, image_file_shape
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,21 @@ def read_rgby(root: Path | str, image_id: str) -> np.ndarray:
             )
         planes.append(plane)
     return np.ascontiguousarray(np.stack(planes, axis=-1))
+
+
+def kaggle_shape(root: Path | str, image_id: str) -> tuple[int, int] | None:
+    """``(height, width)`` of a Kaggle-layout id from its red channel's file header (``None``: unknown)."""
+    try:
+        return image_file_shape(find_channel_file(Path(root), image_id, CHANNELS[0]))
+    except ImageReadError:
+        return None
+
+
+def pixel_costs(shapes: list[tuple[int, int] | None]) -> list[float]:
+    """Pixel counts of ``(height, width)`` shapes; an unknown shape costs the median of the known ones (else 1)."""
+    known = sorted(float(s[0] * s[1]) for s in shapes if s)
+    fallback = known[len(known) // 2] if known else 1.0
+    return [float(s[0] * s[1]) if s else fallback for s in shapes]
 
 
 def write_rgby_png(path: Path | str, rgby: np.ndarray) -> None:

@@ -12,6 +12,12 @@ written; rows are appended (and flushed) as ids finish, so a killed run loses at
 flight, and PNGs are written through a temporary file and a rename, so no half-written file ever
 carries a final name. Bad ids (a missing channel, a corrupt file, channels of different sizes) are
 reported one line each and the run goes on with the rest.
+
+Under ``torchrun`` every rank prepares its share of the ids still to do (balanced by the source
+images' pixel counts, :mod:`wsss.dist`) and appends its rows to ``OUT/manifest-rank{r}.csv``; after
+all ranks finished, rank 0 folds those files into ``manifest.csv`` (the file a single process
+writes) and removes them. A resumed run, whatever its number of processes, counts the rows of
+every ``manifest*.csv`` as done.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from typing import TypeVar
 import pandas as pd
 from tqdm import tqdm
 
-from wsss.data.io import ImageReadError, read_rgby, resize_rgby, write_rgby_png
+from wsss import dist
+from wsss.data.io import ImageReadError, kaggle_shape, pixel_costs, read_rgby, resize_rgby, write_rgby_png
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = ("ID", "width", "height", "source")
+RANK_MANIFEST_GLOB = "manifest-rank*.csv"
 
 
 @dataclass
@@ -58,12 +66,12 @@ def cache_path(cache_dir: Path | str, image_id: str) -> Path:
     return Path(cache_dir) / f"{image_id}.png"
 
 
-def read_manifest(cache_dir: Path | str) -> pd.DataFrame:
-    """Read ``manifest.csv`` of a cache (an empty frame when there is none).
+def read_manifest(cache_dir: Path | str, name: str = MANIFEST_NAME) -> pd.DataFrame:
+    """Read ``manifest.csv`` (or another manifest file ``name``) of a cache (an empty frame when there is none).
 
     A last line cut short by a killed run is dropped; duplicate ids keep their last row.
     """
-    path = Path(cache_dir) / MANIFEST_NAME
+    path = Path(cache_dir) / name
     if not path.is_file():
         return pd.DataFrame(columns=list(MANIFEST_COLUMNS))
     rows = []
@@ -96,9 +104,15 @@ def _prepare_one(job: _Job) -> tuple[str, int, int, str | None]:
         return job.image_id, 0, 0, f"{job.image_id}: {exc.__class__.__name__}: {exc}"
 
 
+def _all_rows(out: Path) -> pd.DataFrame:
+    """The rows of ``manifest.csv`` and of every rank's ``manifest-rank{r}.csv`` (duplicates keep the last)."""
+    frames = [read_manifest(out, p.name) for p in sorted(out.glob(RANK_MANIFEST_GLOB))]
+    frames = [read_manifest(out)] + [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True).drop_duplicates("ID", keep="last").reset_index(drop=True)
+
+
 def _finished_ids(out: Path) -> set[str]:
-    manifest = read_manifest(out)
-    return {i for i in manifest["ID"] if cache_path(out, i).is_file()}
+    return {i for i in _all_rows(out)["ID"] if cache_path(out, i).is_file()}
 
 
 def _append_row(handle, row: Sequence[object]) -> None:
@@ -114,11 +128,14 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def _rewrite_manifest(out: Path) -> None:
-    """Rewrite the manifest sorted by id, without duplicates or cut lines (atomic rename)."""
-    frame = read_manifest(out).sort_values("ID")
+    """Rewrite the manifest sorted by id, without duplicates or cut lines (atomic rename), rank files folded in."""
+    ranks = sorted(out.glob(RANK_MANIFEST_GLOB))
+    frame = (_all_rows(out) if ranks else read_manifest(out)).sort_values("ID")
     tmp = out / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
     frame.to_csv(tmp, index=False)
     os.replace(tmp, out / MANIFEST_NAME)
+    for path in ranks:
+        path.unlink()
 
 
 def prepare_cache(
@@ -136,15 +153,37 @@ def prepare_cache(
     if size < 16:
         raise ValueError(f"size must be at least 16 px, got {size}")
     src, out = Path(src), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = PrepareReport()
-    done = _finished_ids(out)
-    todo: list[str] = []
-    for image_id in dict.fromkeys(ids):
-        (report.skipped if image_id in done else todo).append(image_id)
-    manifest_path = out / MANIFEST_NAME
+    info = dist.current()
+
+    def plan() -> tuple[list[str], list[str], list[float]]:
+        out.mkdir(parents=True, exist_ok=True)
+        done = _finished_ids(out)
+        todo, skipped = [], []
+        for image_id in dict.fromkeys(ids):
+            (skipped if image_id in done else todo).append(image_id)
+        costs = pixel_costs([kaggle_shape(src, i) for i in todo]) if info.enabled else []
+        return todo, skipped, costs
+
+    todo, skipped, costs = dist.on_main(plan)  # rank 0 reads the folder; every rank gets the same lists
+    mine = dist.take_share(todo, costs, info=info)
+    report = PrepareReport(skipped=list(skipped))
+    name = f"manifest-rank{info.rank}.csv" if info.enabled else MANIFEST_NAME
+    _prepare_ids(src, out, mine, size, workers, progress, out / name, report)
+    if info.enabled:
+        parts = dist.all_gather_objects(report)  # every rank has finished its share
+        report = PrepareReport(written=[i for p in parts for i in p.written], skipped=list(skipped),
+                               failed=[f for p in parts for f in p.failed])
+        dist.on_main(lambda: _rewrite_manifest(out))
+    else:
+        _rewrite_manifest(out)
+    return report
+
+
+def _prepare_ids(src: Path, out: Path, ids: list[str], size: int, workers: int, progress: bool,
+                 manifest_path: Path, report: PrepareReport) -> None:
+    """Prepare ``ids``, appending each finished id's row to ``manifest_path`` and recording it in ``report``."""
     new_file = not manifest_path.is_file() or manifest_path.stat().st_size == 0
-    jobs = [_Job(str(src), str(out), i, size) for i in todo]
+    jobs = [_Job(str(src), str(out), i, size) for i in ids]
     with open(manifest_path, "a", newline="") as handle:
         if new_file:
             _append_row(handle, MANIFEST_COLUMNS)
@@ -159,8 +198,6 @@ def prepare_cache(
             else:
                 logger.error("%s", error)
                 report.failed.append((image_id, error))
-    _rewrite_manifest(out)
-    return report
 
 
 J = TypeVar("J")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss.data.io import ImageReadError, list_image_ids, read_rgby, read_rgby_png
+from wsss.data.io import ImageReadError, kaggle_shape, list_image_ids, pixel_costs, read_rgby, read_rgby_png
 from wsss.data.prepare import MANIFEST_NAME, cache_path, read_manifest
+from wsss.fileio import image_file_shape
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,17 @@ def read_image(kind: str, root: Path | str, image_id: str) -> np.ndarray:
         except ImageReadError as exc:
             raise ImageReadError(f"{image_id}: {exc}") from None
     return read_rgby(Path(root), image_id)
+
+
+def pixel_counts(kind: str, root: Path | str, ids: list[str]) -> list[float]:
+    """Pixels each id's stored image holds, from file headers only (the cost of its work when sharding).
+
+    A cache id counts its cached PNG, a Kaggle-layout id its red channel file. An id whose size
+    cannot be read costs the median of the others (1 when none is known).
+    """
+    root = Path(root)
+    return pixel_costs([image_file_shape(cache_path(root, i)) if kind == "cache" else kaggle_shape(root, i)
+                        for i in ids])
 
 
 class ImageSource:
@@ -63,6 +75,10 @@ class ImageSource:
     def orig_size(self, image_id: str) -> tuple[int, int] | None:
         """The original ``(height, width)`` the manifest records for an id (``None``: the image's own size)."""
         return self.sizes.get(image_id)
+
+    def pixel_counts(self, ids: list[str]) -> list[float]:
+        """Pixels of each id's stored image, from file headers (:func:`pixel_counts`)."""
+        return pixel_counts(self.kind, self.root, ids)
 
     def read(self, image_id: str) -> tuple[np.ndarray, int, int]:
         """``(rgby uint8 H x W x 4, orig_height, orig_width)``; raises :class:`ImageReadError`."""

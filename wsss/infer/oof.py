@@ -10,7 +10,9 @@ ids it finished, with their fold), ``cells_{tag}.parquet`` and, for stage 1,
   ``folds.csv`` (a model that saw the image in training: not out-of-fold);
 * *extra*: processed ids that are not in ``folds.csv``.
 
-The merged tables keep, for every id, the rows of the first run (in the order given) whose fold
+A run folder's tables are gathered from its finished parts when it has them (every rank's parts
+of a sharded run, even one stopped before rank 0 consolidated them; :func:`wsss.infer.tables.gather_tables`),
+else read from its consolidated ``{table}_{tag}.parquet`` files. The merged tables keep, for every id, the rows of the first run (in the order given) whose fold
 matches ``folds.csv``; wrong-fold and extra rows are left out. The merge is complete when every
 training id is covered exactly once by a run of its own fold (:attr:`OOFReport.complete`).
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from wsss.fileio import atomic_write_bytes
-from wsss.infer.tables import TableError, empty_frame, read_parquet, write_parquet
+from wsss.infer.tables import TableError, empty_frame, gather_tables, part_dirs, read_parquet, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class OOFReport:
 
 
 def _read_run(run: Path, tag: str, tables: Sequence[str]) -> dict[str, pd.DataFrame]:
+    if part_dirs(run, tag):
+        return gather_tables(run, tag, tables)
     frames = {"processed": read_parquet(run / f"processed_{tag}.parquet")}
     for table in tables:
         frames[table] = read_parquet(run / f"{table}_{tag}.parquet")

@@ -22,6 +22,16 @@ record, is logged on one line, listed in the summary and in ``skipped_{tag}.csv`
 goes on. Results are written every ``chunk_images`` images through :class:`~wsss.infer.tables.PartWriter`,
 so a killed run resumes by skipping the ids of finished chunks; resuming is refused (:class:`RunError`)
 when the folder was written with another fold, source, checkpoint or scoring settings.
+
+On a CUDA device the loader pins its batches (stage 1: the images stacked in the worker; stage 2:
+the pooled crops of a batch of images, concatenated in the worker) and the copies to the device are asynchronous, so with ``workers`` the
+next images are read and cropped while the device runs the current ones.
+
+Inside a process group (``torchrun``, :mod:`wsss.dist`) each rank runs its share of the ids still
+to do, in blocks of one forward batch of images (stage 1: ``batch_size`` images, stage 2:
+``images_per_batch``) balanced by the images' pixel counts, so every rank computes exactly the
+batches a single process computes; it writes only its own parts, and rank 0, after every rank
+finished, writes the consolidated tables in the single process's row order and the run's summary.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from wsss import dist
 from wsss.data.cells import image_cell_crops
 from wsss.data.classes import NUM_CLASSES
 from wsss.data.dataset import normalize
@@ -52,7 +63,7 @@ from wsss.infer.crops import CropParams, extract_crops
 from wsss.infer.scoring import ScoreParams, cell_footprints, cell_measures, cell_probabilities
 from wsss.masks import CellIndex, index_cells
 from wsss.infer.sources import ImageSource, InputError, MaskSource
-from wsss.infer.tables import PartWriter, cell_frame, image_frame
+from wsss.infer.tables import PartWriter, cell_frame, finished_frame, image_frame
 from wsss.infer.tta import check_tta, parse_scales
 
 logger = logging.getLogger(__name__)
@@ -180,9 +191,24 @@ def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
+def _stack_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stage-1 collate (runs in the worker): the items without their images, and the images in one tensor."""
+    images = [item.pop("image") for item in batch if item["ok"]]
+    return {"items": batch, "images": torch.stack(images) if images else None}
+
+
+def _pool_crops(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stage-2 collate (runs in the worker): the items without their crops, and all crops in one tensor."""
+    crops = [item.pop("crops") for item in batch if item["ok"]]
+    counts = [int(c.shape[0]) for c in crops]
+    return {"items": batch, "counts": counts, "crops": torch.cat(crops) if sum(counts) else None}
+
+
+def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
+            collate: Any = _collate) -> DataLoader:
+    """Batches of ``batch_size`` items in order; pinned for a CUDA device (asynchronous copies)."""
     return DataLoader(dataset, batch_size=max(1, batch_size), shuffle=False, num_workers=max(0, workers),
-                      collate_fn=_collate, persistent_workers=False)
+                      collate_fn=collate, pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
 
 
 def scoring_settings(settings: InferSettings, stage: int | str) -> dict[str, Any]:
@@ -232,19 +258,36 @@ def _run_info(settings: InferSettings, stage: int | str) -> dict[str, Any]:
             "settings_digest": settings_digest(scoring), "settings": scoring}
 
 
-def _select(ids: Sequence[str], writer: PartWriter) -> tuple[list[str], int]:
-    done = writer.finished_ids()
-    todo = [i for i in dict.fromkeys(str(x) for x in ids) if i not in done]
-    return todo, len(set(ids) & done)
+def _finish(summary: RunSummary, writer: PartWriter, out_dir: Path, tag: str, started: float,
+            order: Sequence[str]) -> RunSummary:
+    """End of a stage: every rank's summary merged, then rank 0 consolidates the tables and writes the summary.
 
+    ``seconds`` is rank 0's wall time from the start to the written tables (the whole run's time).
+    """
+    summary = merge_summaries(dist.all_gather_objects(summary), order)  # every rank has finished here
 
-def _finish(summary: RunSummary, writer: PartWriter, out_dir: Path, tag: str, started: float) -> RunSummary:
-    summary.outputs = {k: str(v) for k, v in writer.consolidate().items()}
-    summary.seconds = round(time.perf_counter() - started, 3)
-    skipped = pd.DataFrame(summary.skipped, columns=["image_id", "reason"])
-    atomic_write_bytes(out_dir / f"skipped_{tag}.csv", skipped.to_csv(index=False).encode())
-    atomic_write_bytes(out_dir / f"summary_{tag}.json", json.dumps(summary.to_dict(), indent=2).encode())
+    def write() -> tuple[dict[str, str], float]:
+        summary.outputs = {k: str(v) for k, v in writer.consolidate(order).items()}
+        summary.seconds = round(time.perf_counter() - started, 3)
+        skipped = pd.DataFrame(summary.skipped, columns=["image_id", "reason"])
+        atomic_write_bytes(out_dir / f"skipped_{tag}.csv", skipped.to_csv(index=False).encode())
+        atomic_write_bytes(out_dir / f"summary_{tag}.json", json.dumps(summary.to_dict(), indent=2).encode())
+        return summary.outputs, summary.seconds
+
+    summary.outputs, summary.seconds = dist.on_main(write)
     return summary
+
+
+def merge_summaries(parts: Sequence[RunSummary], order: Sequence[str]) -> RunSummary:
+    """One :class:`RunSummary` from the ranks' (ids in ``order``); a single part as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    rank = {image_id: i for i, image_id in enumerate(order)}
+    first = parts[0]
+    return RunSummary(stage=first.stage, requested=first.requested, already_done=first.already_done,
+                      processed=sorted((i for p in parts for i in p.processed), key=lambda i: rank.get(i, len(rank))),
+                      skipped=sorted((s for p in parts for s in p.skipped), key=lambda s: rank.get(s[0], len(rank))),
+                      n_cells=sum(p.n_cells for p in parts))
 
 
 def probe_cam_size(model: nn.Module, input_size: int, device: torch.device) -> tuple[int, int]:
@@ -295,38 +338,54 @@ def _record_failures(batch: list[dict[str, Any]], summary: RunSummary) -> list[d
     return ok
 
 
-def _start_run(ids: Sequence[str], settings: InferSettings, stage: int | str, tables: tuple[str, ...],
-               ) -> tuple[Path, tuple[str, ...], PartWriter, list[str], RunSummary]:
-    """Common start of a stage: check the run folder, open its part writer, pick the ids left to do."""
+def _start_run(ids: Sequence[str], images: ImageSource, settings: InferSettings, stage: int | str,
+               tables: tuple[str, ...], block: int) -> tuple[Path, tuple[str, ...], PartWriter, list[str], RunSummary]:
+    """Common start of a stage: check the run folder, pick the ids left to do and this rank's share, open its writer.
+
+    Rank 0 checks the folder and finds the finished ids (of every rank); the other ranks get its
+    answer (:func:`wsss.dist.on_main`), then take their share in blocks of ``block`` ids.
+    """
     out_dir = Path(settings.out_dir)
     tta = check_tta(settings.tta)
     parse_scales(list(settings.scales))
-    _check_run_info(out_dir, f"stage{stage}", _run_info(settings, stage))
-    writer = PartWriter(out_dir, f"stage{stage}", tables)
-    todo, done_before = _select(ids, writer)
-    summary = RunSummary(stage=stage, requested=len(set(ids)), already_done=done_before)
-    if done_before:
+    tag = f"stage{stage}"
+    info = dist.current()
+    wanted = list(dict.fromkeys(str(x) for x in ids))
+
+    def plan() -> tuple[list[str], int, list[float]]:
+        _check_run_info(out_dir, tag, _run_info(settings, stage))
+        done = set(finished_frame(out_dir, tag)["image_id"].astype(str))
+        todo = [i for i in wanted if i not in done]
+        return todo, len(set(wanted) & done), images.pixel_counts(todo) if info.enabled else []
+
+    todo, done_before, costs = dist.on_main(plan)
+    writer = PartWriter(out_dir, tag, tables, rank=info.rank)
+    summary = RunSummary(stage=stage, requested=len(wanted), already_done=done_before)
+    if done_before and info.is_main:
         logger.info("stage %s: %d ids already done, %d to go", stage, done_before, len(todo))
-    return out_dir, tta, writer, todo, summary
+    return out_dir, tta, writer, dist.take_share(todo, costs, block=block, info=info), summary
 
 
 def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,
                settings: InferSettings) -> RunSummary:
     """Stage 1 over ``ids`` (resumable); writes ``cells_stage1`` / ``images_stage1`` tables."""
     started = time.perf_counter()
-    out_dir, tta, writer, todo, summary = _start_run(ids, settings, 1, ("cells", "images"))
+    out_dir, tta, writer, todo, summary = _start_run(ids, images, settings, 1, ("cells", "images"),
+                                                     block=settings.batch_size)
     model.eval()
     cam_hw = probe_cam_size(model, settings.input_size, settings.device)
     dataset = _Items(todo, images, masks, settings, stage=1, cam_hw=cam_hw)
     chunk = _Chunk()
-    for batch in tqdm(_loader(dataset, settings.batch_size, settings.workers), desc="stage 1",
-                      total=(len(todo) + settings.batch_size - 1) // max(1, settings.batch_size), unit="batch"):
-        ok = _record_failures(batch, summary)
+    for batch in tqdm(_loader(dataset, settings.batch_size, settings.workers, settings.device, collate=_stack_images),
+                      desc="stage 1", total=(len(todo) + settings.batch_size - 1) // max(1, settings.batch_size),
+                      unit="batch"):
+        ok = _record_failures(batch["items"], summary)
         if not ok:
             continue
-        x = torch.stack([it["image"] for it in ok]).to(settings.device)
-        probs, cams = forward_cams(model, x, tta, settings.precision, settings.scales, cam_hw)
+        probs, cams = forward_cams(model, batch["images"].to(settings.device, non_blocking=True), tta,
+                                   settings.precision, settings.scales, cam_hw)
         probs_np = probs.cpu().numpy()
+        cams = cams.float().cpu()  # one copy per batch, not one per image
         for j, item in enumerate(ok):
             overlap, magnitude = cell_measures(item["footprints"], cams[j], settings.score.threshold)
             cell_p = cell_probabilities(overlap, magnitude, probs_np[j], settings.score)
@@ -335,7 +394,7 @@ def run_stage1(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
         if len(chunk) >= settings.chunk_images:
             chunk.flush(writer)
     chunk.flush(writer)
-    return _finish(summary, writer, out_dir, "stage1", started)
+    return _finish(summary, writer, out_dir, "stage1", started, list(dict.fromkeys(str(x) for x in ids)))
 
 
 def _score_crops(model: nn.Module, crops: torch.Tensor, settings: InferSettings, tta: tuple[str, ...]) -> np.ndarray:
@@ -343,7 +402,7 @@ def _score_crops(model: nn.Module, crops: torch.Tensor, settings: InferSettings,
     outs = []
     step = max(1, settings.batch_size)
     for start in range(0, crops.shape[0], step):
-        part = crops[start:start + step].to(settings.device)
+        part = crops[start:start + step].to(settings.device, non_blocking=True)
         outs.append(forward_probs(model, part, tta, settings.precision).cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
@@ -364,19 +423,18 @@ def _run_crops(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
                settings: InferSettings, stage: int | str) -> RunSummary:
     """A crop stage (2 or ``cell``): every cell's crop through ``model``, its sigmoid the cell's row."""
     started = time.perf_counter()
-    out_dir, tta, writer, todo, summary = _start_run(ids, settings, stage, ("cells",))
+    per = max(1, settings.images_per_batch)
+    out_dir, tta, writer, todo, summary = _start_run(ids, images, settings, stage, ("cells",), block=per)
     model.eval()
     dataset = _Items(todo, images, masks, settings, stage=stage)
     chunk = _Chunk()
-    per = max(1, settings.images_per_batch)
-    for batch in tqdm(_loader(dataset, per, settings.workers), desc=f"stage {stage}",
+    for batch in tqdm(_loader(dataset, per, settings.workers, settings.device, collate=_pool_crops), desc=f"stage {stage}",
                       total=(len(todo) + per - 1) // per, unit="batch"):
-        ok = _record_failures(batch, summary)
+        ok = _record_failures(batch["items"], summary)
         if not ok:
             continue
-        counts = [it["crops"].shape[0] for it in ok]
-        crops = torch.cat([it["crops"] for it in ok]) if sum(counts) else None
-        probs = (_score_crops(model, crops, settings, tta) if crops is not None
+        counts = batch["counts"]
+        probs = (_score_crops(model, batch["crops"], settings, tta) if batch["crops"] is not None
                  else np.zeros((0, NUM_CLASSES), dtype=np.float32))
         offsets = np.concatenate([[0], np.cumsum(counts)])
         for j, item in enumerate(ok):
@@ -384,7 +442,7 @@ def _run_crops(model: nn.Module, ids: Sequence[str], images: ImageSource, masks:
         if len(chunk) >= settings.chunk_images:
             chunk.flush(writer)
     chunk.flush(writer)
-    return _finish(summary, writer, out_dir, f"stage{stage}", started)
+    return _finish(summary, writer, out_dir, f"stage{stage}", started, list(dict.fromkeys(str(x) for x in ids)))
 
 
 def render_overlays(model: nn.Module, ids: Sequence[str], images: ImageSource, masks: MaskSource,

@@ -30,6 +30,7 @@ import numpy as np
 
 from wsss.data.io import ImageReadError
 from wsss.data.source import ImageSource as DataImageSource
+from wsss.fileio import png_shape
 from wsss.masks import (
     MaskError,
     find_mask_files,
@@ -69,18 +70,6 @@ class ImageSource(DataImageSource):
             raise InputError(f"image: {exc}") from None
 
 
-def _png_shape(path: Path) -> tuple[int, int] | None:
-    """``(height, width)`` from a PNG's IHDR header, ``None`` when the file is not a readable PNG."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(24)
-    except OSError:
-        return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-
-
 def _load_npz(path: Path) -> LabelMapData:
     try:
         maps = load_label_maps(path)
@@ -112,10 +101,10 @@ class MaskSource:
             return _load_npz(path)
         target = self.converted / f"{image_id}.npz"
         if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
-            png_shape = _png_shape(path)
-            if png_shape is not None:
+            shape = png_shape(path)
+            if shape is not None:
                 stored = _load_npz(target)
-                if stored.cells.shape == working_shape(*png_shape, self.working_size):
+                if stored.cells.shape == working_shape(*shape, self.working_size):
                     return stored
                 logger.debug("%s: size %s does not match working_size %s; rebuilding",
                              target, stored.cells.shape, self.working_size)

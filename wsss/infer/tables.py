@@ -8,7 +8,12 @@ Layout of one stage's output in ``OUT`` (``{tag}`` = ``stage1`` or ``stage2``):
   written through a temporary file and an atomic rename. On start, table parts without a marker
   (a run killed between two writes) are deleted and their ids run again.
 * ``OUT/cells_{tag}.parquet``, ``OUT/images_{tag}.parquet``, ``OUT/processed_{tag}.parquet``:
-  the parts concatenated (:meth:`PartWriter.consolidate`), rewritten at the end of every run.
+  the parts concatenated (:meth:`PartWriter.consolidate`), rewritten at the end of every run; given
+  the run's id order, rows follow it (the order a single process writes them in).
+* A sharded run (``torchrun``): rank 0 writes its parts in ``OUT/parts_{tag}/``, rank ``r > 0`` in
+  ``OUT/parts_{tag}/rank{r}/``, in the same layout. Finished parts count wherever they are (a
+  resumed run skips their ids, whoever wrote them and whatever the number of processes now), and
+  the consolidated tables gather the parts of every folder.
 
 Column order and names follow :mod:`wsss.schema` (``CELL_COLUMNS``, ``IMAGE_COLUMNS``); ``fold`` is
 the validation fold of an out-of-fold run and ``-1`` otherwise; boxes are half-open label-map
@@ -115,65 +120,113 @@ def read_parquet(path: Path | str) -> pd.DataFrame:
         raise TableError(f"{path}: unreadable parquet ({exc.__class__.__name__}: {exc})") from None
 
 
-class PartWriter:
-    """Chunked, resumable writer of one stage's tables (layout: see the module doc)."""
+def part_dirs(out_dir: Path | str, tag: str) -> list[Path]:
+    """Every parts folder of a stage: ``parts_{tag}`` then each ``parts_{tag}/rank{r}`` in rank order."""
+    top = Path(out_dir) / f"parts_{tag}"
+    if not top.is_dir():
+        return []
+    ranks = [p for p in top.iterdir() if p.is_dir() and re.fullmatch(r"rank\d+", p.name)]
+    return [top] + sorted(ranks, key=lambda p: int(p.name[4:]))
 
-    def __init__(self, out_dir: Path | str, tag: str, tables: Sequence[str]) -> None:
+
+def _part_numbers(folder: Path, table: str) -> list[int]:
+    nums = []
+    for path in folder.iterdir():
+        match = _PART_RE.match(path.name)
+        if match and match.group("table") == table:
+            nums.append(int(match.group("num")))
+    return sorted(nums)
+
+
+def _part_path(folder: Path, table: str, num: int) -> Path:
+    return folder / f"{table}-{num:06d}.parquet"
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Delete the table parts of ``folder`` without a ``done`` marker and stale temporary files."""
+    done = set(_part_numbers(folder, "done"))
+    for path in sorted(folder.iterdir()):
+        match = _PART_RE.match(path.name)
+        stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
+        if (match and match.group("table") != "done" and int(match.group("num")) not in done) or stale_tmp:
+            logger.info("removing unfinished part %s", path)
+            path.unlink()
+
+
+def finished_parts(out_dir: Path | str, tag: str) -> list[tuple[Path, int]]:
+    """``(folder, part number)`` of every finished part of a stage, folder by folder (:func:`part_dirs`)."""
+    return [(folder, n) for folder in part_dirs(out_dir, tag) for n in _part_numbers(folder, "done")]
+
+
+def finished_frame(out_dir: Path | str, tag: str) -> pd.DataFrame:
+    """The ``done`` rows (``image_id, fold, n_cells``) of every finished part of a stage, in every folder."""
+    frames = [read_parquet(_part_path(folder, "done", n)) for folder, n in finished_parts(out_dir, tag)]
+    return pd.concat(frames, ignore_index=True) if frames else empty_frame("done")
+
+
+def in_order(frame: pd.DataFrame, order: Sequence[str] | None) -> pd.DataFrame:
+    """``frame`` with its rows in the order of their ``image_id`` in ``order`` (stable; unknown ids last)."""
+    if order is None or not len(frame):
+        return frame
+    rank = {image_id: i for i, image_id in enumerate(dict.fromkeys(order))}
+    keys = frame["image_id"].astype(str).map(rank).fillna(len(rank)).to_numpy()
+    return frame.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
+
+
+def gather_tables(out_dir: Path | str, tag: str, tables: Sequence[str], order: Sequence[str] | None = None
+                  ) -> dict[str, pd.DataFrame]:
+    """Every finished part of each of ``tables`` (and ``processed``) concatenated, rows in ``order``; writes nothing."""
+    parts = finished_parts(out_dir, tag)
+    out: dict[str, pd.DataFrame] = {}
+    for table in tables:
+        frames = [read_parquet(_part_path(folder, table, n)) for folder, n in parts]
+        frames = [f for f in frames if len(f)]
+        out[table] = in_order(pd.concat(frames, ignore_index=True) if frames else empty_frame(table), order)
+    out["processed"] = in_order(finished_frame(out_dir, tag), order)
+    return out
+
+
+class PartWriter:
+    """Chunked, resumable writer of one stage's tables (layout: see the module doc); ``rank``: whose parts."""
+
+    def __init__(self, out_dir: Path | str, tag: str, tables: Sequence[str], rank: int = 0) -> None:
         self.out_dir = Path(out_dir)
         self.tag = tag
         self.tables = tuple(tables)
         self.parts_dir = self.out_dir / f"parts_{tag}"
+        if rank:
+            self.parts_dir = self.parts_dir / f"rank{rank}"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_orphans()
-        done = self._part_numbers("done")
+        _remove_orphans(self.parts_dir)
+        done = _part_numbers(self.parts_dir, "done")
         self.next_part = max(done, default=0) + 1
 
-    def _part_numbers(self, table: str) -> list[int]:
-        nums = []
-        for path in self.parts_dir.iterdir():
-            match = _PART_RE.match(path.name)
-            if match and match.group("table") == table:
-                nums.append(int(match.group("num")))
-        return sorted(nums)
-
-    def _part_path(self, table: str, num: int) -> Path:
-        return self.parts_dir / f"{table}-{num:06d}.parquet"
-
-    def _remove_orphans(self) -> None:
-        done = set(self._part_numbers("done"))
-        for path in sorted(self.parts_dir.iterdir()):
-            match = _PART_RE.match(path.name)
-            stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
-            if (match and match.group("table") != "done" and int(match.group("num")) not in done) or stale_tmp:
-                logger.info("removing unfinished part %s", path)
-                path.unlink()
-
     def finished(self) -> pd.DataFrame:
-        """The ``done`` rows of every finished part (``image_id, fold, n_cells``)."""
-        frames = [read_parquet(self._part_path("done", n)) for n in self._part_numbers("done")]
-        return pd.concat(frames, ignore_index=True) if frames else empty_frame("done")
+        """The ``done`` rows of every finished part, of every rank (``image_id, fold, n_cells``)."""
+        return finished_frame(self.out_dir, self.tag)
 
     def finished_ids(self) -> set[str]:
-        """Ids already written by a finished part (skipped when a run resumes)."""
+        """Ids already written by a finished part of any rank (skipped when a run resumes)."""
         return set(self.finished()["image_id"].astype(str))
 
     def write(self, frames: Mapping[str, pd.DataFrame], done: pd.DataFrame) -> int:
         """Write one chunk: every table's part, then its ``done`` marker; returns the part number."""
         num = self.next_part
         for table in self.tables:
-            write_parquet(frames.get(table, empty_frame(table)), self._part_path(table, num))
-        write_parquet(done[DONE_COLUMNS].reset_index(drop=True), self._part_path("done", num))
+            write_parquet(frames.get(table, empty_frame(table)), _part_path(self.parts_dir, table, num))
+        write_parquet(done[DONE_COLUMNS].reset_index(drop=True), _part_path(self.parts_dir, "done", num))
         self.next_part = num + 1
         return num
 
-    def consolidate(self) -> dict[str, Path]:
-        """Concatenate the finished parts into ``OUT/{table}_{tag}.parquet`` (plus ``processed``)."""
-        nums = self._part_numbers("done")
-        out: dict[str, Path] = {}
-        for table in self.tables:
-            frames = [read_parquet(self._part_path(table, n)) for n in nums]
-            frames = [f for f in frames if len(f)]
-            frame = pd.concat(frames, ignore_index=True) if frames else empty_frame(table)
-            out[table] = write_parquet(frame, self.out_dir / f"{table}_{self.tag}.parquet")
-        out["processed"] = write_parquet(self.finished(), self.out_dir / f"processed_{self.tag}.parquet")
-        return out
+    def consolidate(self, order: Sequence[str] | None = None) -> dict[str, Path]:
+        """Write ``OUT/{table}_{tag}.parquet`` (plus ``processed``) from the finished parts of every rank.
+
+        ``order``: the run's ids; rows follow it (stable, ids not in it last), so a sharded run
+        writes the tables of a single process. Unfinished parts left by ranks that died are removed
+        first (call this only when no rank is writing).
+        """
+        for folder in part_dirs(self.out_dir, self.tag):
+            _remove_orphans(folder)
+        frames = gather_tables(self.out_dir, self.tag, self.tables, order)
+        return {table: write_parquet(frame, self.out_dir / f"{table}_{self.tag}.parquet")
+                for table, frame in frames.items()}

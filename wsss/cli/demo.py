@@ -236,7 +236,7 @@ def heterogeneous_ids(synth: Path, ids: Sequence[str]) -> list[str]:
 
 
 def evaluate(tables: dict[str, pd.DataFrame], synth: Path, ids: list[str]) -> pd.DataFrame:
-    """Per-cell mAP at mask IoU 0.6 of each table on all ``ids`` and on the heterogeneous ones, under
+    """Per-cell mAP at mask IoU 0.6 of each table (in the order of ``tables``) on all ``ids`` and on the heterogeneous ones, under
     the official protocol (first) and the strict one; plus the best official mAP over orders of
     tied confidences (the group-ties value is the worst order)."""
     from wsss.metrics.cell import PROTOCOLS, match_predictions, preds_from_cell_table, truth_from_label_dir
@@ -244,7 +244,7 @@ def evaluate(tables: dict[str, pd.DataFrame], synth: Path, ids: list[str]) -> pd
     hetero = heterogeneous_ids(synth, ids)
     truth = truth_from_label_dir(synth, ids)
     rows = []
-    for name in METHODS:
+    for name in tables:
         preds = preds_from_cell_table(tables[name])
         every = match_predictions(preds, truth, overlap="mask")
         subset = match_predictions({i: preds[i] for i in hetero if i in preds}, {i: truth[i] for i in hetero},
@@ -302,12 +302,13 @@ def draw_overlays(tables: dict[str, pd.DataFrame], synth: Path, cache: Path, ids
 
 def format_results(results: pd.DataFrame) -> str:
     """The printed comparison table: official protocol first, then strict (mask IoU 0.6, group ties)."""
+    width = max([10, *(len(str(m)) for m in results["method"])])
     lines = [f"per-cell mAP at IoU 0.6 on fold 0 ({results.attrs['n_all']} images, "
              f"{results.attrs['n_hetero']} heterogeneous), hpa_seg masks vs synthetic truth, mask IoU, group ties",
-             f"{'':<10} {'official protocol':>23}   {'strict protocol':>23}",
-             f"{'method':<10} {'all':>8} {'heterogeneous':>14}   {'all':>8} {'heterogeneous':>14}"]
+             f"{'':<{width}} {'official protocol':>23}   {'strict protocol':>23}",
+             f"{'method':<{width}} {'all':>8} {'heterogeneous':>14}   {'all':>8} {'heterogeneous':>14}"]
     for row in results.to_dict("records"):
-        lines.append(f"{row['method']:<10} {row['official mAP all']:>8.4f} {row['official mAP heterogeneous']:>14.4f}"
+        lines.append(f"{row['method']:<{width}} {row['official mAP all']:>8.4f} {row['official mAP heterogeneous']:>14.4f}"
                      f"   {row['strict mAP all']:>8.4f} {row['strict mAP heterogeneous']:>14.4f}")
     tied = [f"{row['method']} {row['official mAP all']:.4f}..{row['official mAP all, best tie order']:.4f}"
             for row in results.to_dict("records")

@@ -47,7 +47,7 @@ def test_aggregate_and_verdicts():
 def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     lv = _levers()
     out = tmp_path / "levers"
-    assert lv.main(["--out", str(out), "--budget", "test", "--count", "12"]) == 0
+    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8"]) == 0
     printed = capsys.readouterr().out
     for needle in ("truth-broadcast", "oracle", "+tta d4", "+multi-scale", "+negative suppression", "all levers",
                    "cell classifier", "+pseudo rounds (1)", "mean +- sd over seeds 0,1", "str all 0-17", "helping levers ="):
@@ -58,9 +58,9 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     scores = pd.read_csv(out / "levers_scores.csv")
     assert sorted(scores["seed"].unique()) == [0, 1]
     # a re-run does nothing again: every step is skipped, the scores are read back
-    assert lv.main(["--out", str(out), "--budget", "test", "--count", "12"]) == 0
+    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8"]) == 0
     again = capsys.readouterr().out
     assert "train0 ..." not in again and "scores done before" in again
     # other data settings into the same folder are refused
-    assert lv.main(["--out", str(out), "--budget", "test", "--count", "14"]) == 2
+    assert lv.main(["--out", str(out), "--budget", "test", "--count", "10"]) == 2
     assert "other settings (count differ)" in capsys.readouterr().err

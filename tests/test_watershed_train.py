@@ -127,3 +127,27 @@ def test_segment_model_stage_ws_and_iou_ensemble(tiny: dict[str, Path], trained:
     assert len(out) == len(sources[0].cells) and set(out["n_sources"]) <= {1, 2}
     fused, agreed = fuse_segmentations(load_label_maps(classic / f"{ids[0]}.npz").cells, maps.cells)
     assert fused.dtype == np.uint16 and 0 <= agreed <= fused.max()
+
+
+def test_torchrun_two_processes_train_the_watershed_model(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """``torchrun -m wsss.cli.seg_train`` with 2 gloo ranks: one run folder, every training image seen once per epoch."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.is_file():
+        pytest.skip("torchrun not found next to the python executable")
+    cfg = tiny_config(tiny, tmp_path / "ws", epochs=1)
+    (tmp_path / "ws.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "wsss.cli.seg_train", "--config",
+           str(tmp_path / "ws.yaml"), "--fold", "0", "--device", "cpu", "--precision", "32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 of 2" in proc.stderr
+    rows = pd.read_csv(tmp_path / "ws" / "metrics.csv")
+    assert len(rows) == 1 and int(rows["train_images"].iloc[0]) == 4  # 4 training images split over 2 ranks
+    assert np.isfinite(rows["train_total"].iloc[0])
+    assert (tmp_path / "ws" / "best.safetensors").is_file() and (tmp_path / "ws" / "last.safetensors").is_file()

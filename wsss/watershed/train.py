@@ -224,6 +224,7 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         tr, n_img, tr_s = train_one_epoch(net, train_loader, optimizer, scaler, amp, device, state, cfg, progress)
+        n_img = int(ddp.all_reduce_sum(torch.tensor([float(n_img)]))[0])  # every rank's images (as wsss-train logs)
         va_start = time.perf_counter()
         va, ap = evaluate(net, val_loader, amp, device, cfg, progress)
         va_s = time.perf_counter() - va_start

@@ -38,7 +38,7 @@ from wsss.fileio import OutputPathError, check_output_file
 from wsss.masks import MaskError
 from wsss.postprocess import PostParams, default_config, postprocess
 from wsss.schema import PROB_COLUMNS
-from wsss.tables import check_probabilities
+from wsss.tables import CellTableError, read_image_table
 from wsss.submission import build_submission, read_image_sizes, write_submission
 
 logger = logging.getLogger(__name__)
@@ -115,20 +115,10 @@ def _postprocess_config(args: argparse.Namespace) -> tuple[dict, PostParams]:
 
 def _read_image_tables(paths: Sequence[Path]) -> pd.DataFrame:
     """Image-level tables (parquet or CSV with ``image_id, p_0..p_18``) stacked; the blend averages duplicates."""
-    frames = []
-    for path in paths:
-        if not path.is_file():
-            raise EnsembleError(f"{path}: image-level table not found")
-        try:
-            df = pd.read_csv(path, dtype={"image_id": str}) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-        except Exception as exc:
-            raise EnsembleError(f"{path}: cannot read ({exc})") from exc
-        missing = [c for c in ("image_id", *PROB_COLUMNS) if c not in df.columns]
-        if missing:
-            raise EnsembleError(f"{path}: not an image-level table, missing column(s) {', '.join(missing[:5])}")
-        check_probabilities(df.assign(cell_id=0), path)
-        frames.append(df[["image_id", *PROB_COLUMNS]])
-    return pd.concat(frames, ignore_index=True)
+    try:
+        return pd.concat([read_image_table(path)[["image_id", *PROB_COLUMNS]] for path in paths], ignore_index=True)
+    except CellTableError as exc:
+        raise EnsembleError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

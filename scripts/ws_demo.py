@@ -167,10 +167,10 @@ def method_tables(pred: dict[str, Path]) -> dict[str, pd.DataFrame]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every step and print the table (also written to ``OUT/ws/results.csv``)."""
+    args = build_parser().parse_args(argv)
     from wsss.cli.demo import DemoSettings, evaluate, format_results, run_demo, show_progress
     from wsss.data.folds import read_folds
 
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     d: Path = args.out
     w = d / "ws"

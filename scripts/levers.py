@@ -81,6 +81,17 @@ VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-1
 STAGE1_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"], "ms": ["--scales", "{scales}"],
                                          "d4ms": ["--tta", "d4", "--scales", "{scales}"]}
 STAGE2_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"]}
+#: The variants run for the reconstruction-loss lever's models (no multi-scale: that lever is the base model's).
+REC_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"]}
+#: Puzzle-CAM's own defaults for the reconstruction term: weight 4 (alpha), reached linearly at half of the
+#: training, L1 only over the classes the image holds.
+REC_MAX_WEIGHT: float = 4.0
+
+
+def rec_settings(epochs: int) -> list[str]:
+    """``wsss-train --set`` options of the reconstruction-loss lever for a run of ``epochs`` epochs."""
+    return ["--set", f"loss.w_rec={REC_MAX_WEIGHT}", "--set", f"loss.rec_warmup_epochs={epochs / 2:g}",
+            "--set", "loss.rec_mask_by_labels=true"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,7 @@ class Levers:
     small_factor: float = 0.5
     small_area: float = 0.5
     pseudo_rounds: int = 1
+    rec: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", default=f"{Levers.small_factor},{Levers.small_area}",
                    help="small-cell factor,area (area as a fraction of the image's median cell area)")
     p.add_argument("--pseudo-rounds", type=int, default=Levers.pseudo_rounds, help="pseudo-label rounds (wsss-pseudo)")
+    p.add_argument("--rec-lever", action=argparse.BooleanOptionalAction, default=Levers.rec,
+                   help="also train every fold with Puzzle-CAM's own reconstruction-loss defaults (L1 masked by the "
+                        "image labels, weight ramped to 4 over half the epochs) and score it as a lever")
     p.add_argument("--workers", type=int, default=1, help="worker processes of synth/prepare/segment (default 1)")
     return p
 
@@ -187,7 +202,8 @@ def run_from_args(args: argparse.Namespace) -> Run:
     blend = [float(v) for v in args.blend.split(",")]
     small = [float(v) for v in args.small.split(",")]
     levers = Levers(scales=args.scales, blend_cell=blend[0], blend_image=blend[1], border_factor=args.border_factor,
-                    small_factor=small[0], small_area=small[1], pseudo_rounds=args.pseudo_rounds)
+                    small_factor=small[0], small_area=small[1], pseudo_rounds=args.pseudo_rounds,
+                    rec=args.rec_lever)
     return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers)
 
 
@@ -388,7 +404,33 @@ def run_seed(run: Run, seed: int) -> dict[str, Path]:
                  lambda s=stage, v=variant, o=out: oof(run, [sd / f"stage{s}_{v}" / f"fold{f}" for f in folds], o, s))
             tables[f"s{stage}_{variant}"] = out / f"oof_cells_stage{stage}.parquet"
     tables["images"] = sd / "stage1_plain" / "oof" / "oof_images_stage1.parquet"
+    if run.levers.rec:
+        tables.update(rec_models(run, seed))
     return tables
+
+
+def rec_models(run: Run, seed: int) -> dict[str, Path]:
+    """The reconstruction-loss lever: every fold trained again with :func:`rec_settings`, its stage 1 and 2
+    (plain and D4) out of fold; returns the OOF tables as ``rec_s{1,2}_{variant}``."""
+    sd = run.seed_dir(seed) / "rec"
+    folds = range(run.budget.n_folds)
+    for fold in folds:
+        ckpt = sd / f"run_fold{fold}"
+        step(run, f"seed{seed}/rec/train{fold}",
+             lambda f=fold, c=ckpt: train_model(run, seed, f, c, rec_settings(run.budget.epochs)))
+        for stage in ("1", "2"):
+            for variant, extra in REC_VARIANTS.items():
+                step(run, f"seed{seed}/rec/stage{stage}_{variant}/fold{fold}",
+                     lambda s=stage, v=variant, e=extra, f=fold, c=ckpt: infer(
+                         run, s, c, sd / f"stage{s}_{v}" / f"fold{f}", f, e))
+    out: dict[str, Path] = {}
+    for stage in (1, 2):
+        for variant in REC_VARIANTS:
+            merged = sd / f"stage{stage}_{variant}" / "oof"
+            step(run, f"seed{seed}/rec/stage{stage}_{variant}/oof",
+                 lambda s=stage, v=variant, o=merged: oof(run, [sd / f"stage{s}_{v}" / f"fold{f}" for f in folds], o, s))
+            out[f"rec_s{stage}_{variant}"] = merged / f"oof_cells_stage{stage}.parquet"
+    return out
 
 
 def combined(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -397,7 +439,7 @@ def combined(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 
 #: The levers, in the order they are reported (``cell`` and ``pseudo`` only when their commands exist).
-LEVERS: tuple[str, ...] = ("tta", "ms", "blend", "negative", "border", "small", "cell", "pseudo")
+LEVERS: tuple[str, ...] = ("rec", "tta", "ms", "blend", "negative", "border", "small", "cell", "pseudo")
 
 
 def lever_label(key: str, lv: Levers) -> str:
@@ -405,7 +447,8 @@ def lever_label(key: str, lv: Levers) -> str:
     return {"tta": "tta d4", "ms": "multi-scale", "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
             "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
             "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)", "cell": "cell classifier",
-            "pseudo": f"pseudo rounds ({lv.pseudo_rounds})"}[key]
+            "pseudo": f"pseudo rounds ({lv.pseudo_rounds})",
+            "rec": f"rec loss masked, w {REC_MAX_WEIGHT:g} ramped"}[key]
 
 
 @dataclass
@@ -421,8 +464,12 @@ class SeedTables:
 def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
     """The baseline ensemble with the ``chosen`` levers switched on (TTA variants, extra sources, post-processing)."""
     tta, ms = "tta" in chosen, "ms" in chosen
-    s1 = t.stages["s1_" + ("d4ms" if tta and ms else "d4" if tta else "ms" if ms else "plain")]
-    sources = [s1, t.stages["s2_d4" if tta else "s2_plain"]]
+    if "rec" in chosen and "rec_s1_plain" in t.stages:  # the reconstruction-loss models (no multi-scale runs)
+        variant = "d4" if tta else "plain"
+        sources = [t.stages[f"rec_s1_{variant}"], t.stages[f"rec_s2_{variant}"]]
+    else:
+        s1 = t.stages["s1_" + ("d4ms" if tta and ms else "d4" if tta else "ms" if ms else "plain")]
+        sources = [s1, t.stages["s2_d4" if tta else "s2_plain"]]
     if "pseudo" in chosen and t.pseudo is not None:
         sources.append(t.pseudo)
     elif "cell" in chosen and t.cell is not None:
@@ -460,7 +507,8 @@ def seed_tables(run: Run, seed: int, paths: dict[str, Path]) -> SeedTables:
 
 def present_levers(t: SeedTables) -> list[str]:
     """The levers this seed can measure (the cell classifier and pseudo rounds need their commands)."""
-    return [k for k in LEVERS if (k != "cell" or t.cell is not None) and (k != "pseudo" or t.pseudo is not None)]
+    return [k for k in LEVERS if (k != "cell" or t.cell is not None) and (k != "pseudo" or t.pseudo is not None)
+            and (k != "rec" or "rec_s1_plain" in t.stages)]
 
 
 def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
@@ -470,6 +518,8 @@ def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
            "stage2": t.stages["s2_plain"], BASELINE: with_levers(t, set(), lv), "stage1 d4": t.stages["s1_d4"],
            "stage1 multi-scale": t.stages["s1_ms"], "stage1 d4+multi-scale": t.stages["s1_d4ms"],
            "stage2 d4": t.stages["s2_d4"]}
+    if "rec_s1_plain" in t.stages:
+        out["rec loss: stage1"], out["rec loss: stage2"] = t.stages["rec_s1_plain"], t.stages["rec_s2_plain"]
     if t.cell is not None:
         out["cell classifier"] = t.cell
     if t.pseudo is not None:

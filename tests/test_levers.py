@@ -50,7 +50,7 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     assert lv.main(["--out", str(out), "--budget", "test", "--count", "8"]) == 0
     printed = capsys.readouterr().out
     for needle in ("truth-broadcast", "oracle", "+tta d4", "+multi-scale", "+negative suppression", "all levers",
-                   "cell classifier", "+pseudo rounds (1)", "mean +- sd over seeds 0,1", "str all 0-17", "helping levers ="):
+                   "cell classifier", "+pseudo rounds (1)", "+rec loss masked, w 4 ramped", "rec loss: stage2", "mean +- sd over seeds 0,1", "str all 0-17", "helping levers ="):
         assert needle in printed, needle
     summary = pd.read_csv(out / "levers_summary.csv").set_index("method")
     assert summary.loc["oracle", "official all mean"] > summary.loc["naive", "strict all mean"]

@@ -47,18 +47,18 @@ def test_aggregate_and_verdicts():
 def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     lv = _levers()
     out = tmp_path / "levers"
-    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8"]) == 0
+    # one seed keeps the test short (the spread over seeds: test_aggregate_and_verdicts)
+    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0"]) == 0
     printed = capsys.readouterr().out
     for needle in ("truth-broadcast", "oracle", "+tta d4", "+multi-scale", "+negative suppression", "all levers",
-                   "cell classifier", "+pseudo rounds (1)", "+rec loss masked, w 4 ramped", "rec loss: stage2", "mean +- sd over seeds 0,1", "str all 0-17", "helping levers ="):
+                   "cell classifier", "+pseudo rounds (1)", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
         assert needle in printed, needle
     summary = pd.read_csv(out / "levers_summary.csv").set_index("method")
     assert summary.loc["oracle", "official all mean"] > summary.loc["naive", "strict all mean"]
-    assert summary.loc["oracle", "official all sd"] == pytest.approx(0.0)  # the references do not depend on the seed
     scores = pd.read_csv(out / "levers_scores.csv")
-    assert sorted(scores["seed"].unique()) == [0, 1]
+    assert sorted(scores["seed"].unique()) == [0]
     # a re-run does nothing again: every step is skipped, the scores are read back
-    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8"]) == 0
+    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0"]) == 0
     again = capsys.readouterr().out
     assert "train0 ..." not in again and "scores done before" in again
     # other data settings into the same folder are refused

@@ -2,7 +2,7 @@
 
 Stage 1 scores every cell from the CAMs of one forward pass; stage 2 re-scores every cell from a
 crop; stage ``cell`` scores every cell's crop with the cell classifier (``wsss-train --task cell``,
-the crops it was trained on; ``--tta`` = D4 over the crops); stage ``ws`` with the watershed model's
+the crops it was trained on; ``--tta d4`` = the 8 views of every crop); stage ``ws`` with the watershed model's
 class head. ``--fold k --folds folds.csv`` runs on fold ``k``'s validation ids (out-of-fold) and records
 the fold; ``{fold}`` in ``--ckpt`` is replaced by ``k``. Runs resume where they stopped; bad ids are
 listed in the summary. See docs/inference.md.
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision (default auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32)")
     p.add_argument("--tta", nargs="?", const="flip", default=None, metavar="flip|d4",
                    help="test-time augmentation: --tta or --tta flip = the flips of tta_modes in the config; "
-                        "--tta d4 = all 8 flips/transposes (stage 1 CAMs, stage 2 crops); --tta none = off")
+                        "--tta d4 = all 8 flips/transposes (stage 1 CAMs, stage 2 and cell crops); --tta none = off")
     p.add_argument("--scales", default=None, metavar="S,S,...",
                    help="stage 1 multi-scale CAMs, e.g. 0.5,1,1.5,2 (resized to the base CAM size and averaged "
                         "before normalisation; default from config: 1)")

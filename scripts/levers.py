@@ -385,52 +385,39 @@ def pseudo_targets(run: Run, seed: int, round_: int, table: Path) -> Path | None
 
 
 def run_seed(run: Run, seed: int) -> dict[str, Path]:
-    """Train every fold, run every inference variant, merge out of fold; return the OOF tables by name."""
-    sd = run.seed_dir(seed)
-    folds = range(run.budget.n_folds)
-    for fold in folds:
-        ckpt = sd / f"run_fold{fold}"
-        step(run, f"seed{seed}/train{fold}", lambda f=fold, c=ckpt: train_model(run, seed, f, c))
-        for stage, variants in (("1", STAGE1_VARIANTS), ("2", STAGE2_VARIANTS)):
-            for variant, extra in variants.items():
-                step(run, f"seed{seed}/stage{stage}_{variant}/fold{fold}",
-                     lambda s=stage, v=variant, e=extra, f=fold, c=ckpt: infer(
-                         run, s, c, sd / f"stage{s}_{v}" / f"fold{f}", f, e))
-    tables: dict[str, Path] = {}
-    for stage, variants in ((1, STAGE1_VARIANTS), (2, STAGE2_VARIANTS)):
-        for variant in variants:
-            out = sd / f"stage{stage}_{variant}" / "oof"
-            step(run, f"seed{seed}/stage{stage}_{variant}/oof",
-                 lambda s=stage, v=variant, o=out: oof(run, [sd / f"stage{s}_{v}" / f"fold{f}" for f in folds], o, s))
-            tables[f"s{stage}_{variant}"] = out / f"oof_cells_stage{stage}.parquet"
-    tables["images"] = sd / "stage1_plain" / "oof" / "oof_images_stage1.parquet"
-    if run.levers.rec:
-        tables.update(rec_models(run, seed))
+    """Train every fold, run every inference variant, merge out of fold; return the OOF tables by name
+    (``s{1,2}_{variant}``, ``images``, and ``rec_s{1,2}_{variant}`` for the reconstruction-loss lever)."""
+    tables = fold_models(run, seed, "", [], {1: STAGE1_VARIANTS, 2: STAGE2_VARIANTS})
+    tables["images"] = run.seed_dir(seed) / "stage1_plain" / "oof" / "oof_images_stage1.parquet"
+    if run.levers.rec:  # every fold trained again with Puzzle-CAM's reconstruction-loss defaults
+        tables.update(fold_models(run, seed, "rec", rec_settings(run.budget.epochs), {1: REC_VARIANTS, 2: REC_VARIANTS}))
     return tables
 
 
-def rec_models(run: Run, seed: int) -> dict[str, Path]:
-    """The reconstruction-loss lever: every fold trained again with :func:`rec_settings`, its stage 1 and 2
-    (plain and D4) out of fold; returns the OOF tables as ``rec_s{1,2}_{variant}``."""
-    sd = run.seed_dir(seed) / "rec"
+def fold_models(run: Run, seed: int, name: str, train_extra: Sequence[str],
+                variants: dict[int, dict[str, list[str]]]) -> dict[str, Path]:
+    """One Puzzle-CAM model per fold (``wsss-train`` options ``train_extra``), its inference variants per stage
+    on the held-out fold, and their out-of-fold merges; returns the OOF cell tables as
+    ``[{name}_]s{stage}_{variant}``. Files go to ``OUT/seedS[/name]/``, steps are named ``seedS[/name]/...``."""
+    sd = run.seed_dir(seed) / name if name else run.seed_dir(seed)
+    prefix = f"seed{seed}/{name}" if name else f"seed{seed}"
     folds = range(run.budget.n_folds)
     for fold in folds:
         ckpt = sd / f"run_fold{fold}"
-        step(run, f"seed{seed}/rec/train{fold}",
-             lambda f=fold, c=ckpt: train_model(run, seed, f, c, rec_settings(run.budget.epochs)))
-        for stage in ("1", "2"):
-            for variant, extra in REC_VARIANTS.items():
-                step(run, f"seed{seed}/rec/stage{stage}_{variant}/fold{fold}",
+        step(run, f"{prefix}/train{fold}", lambda f=fold, c=ckpt: train_model(run, seed, f, c, train_extra))
+        for stage, stage_variants in variants.items():
+            for variant, extra in stage_variants.items():
+                step(run, f"{prefix}/stage{stage}_{variant}/fold{fold}",
                      lambda s=stage, v=variant, e=extra, f=fold, c=ckpt: infer(
-                         run, s, c, sd / f"stage{s}_{v}" / f"fold{f}", f, e))
-    out: dict[str, Path] = {}
-    for stage in (1, 2):
-        for variant in REC_VARIANTS:
-            merged = sd / f"stage{stage}_{variant}" / "oof"
-            step(run, f"seed{seed}/rec/stage{stage}_{variant}/oof",
-                 lambda s=stage, v=variant, o=merged: oof(run, [sd / f"stage{s}_{v}" / f"fold{f}" for f in folds], o, s))
-            out[f"rec_s{stage}_{variant}"] = merged / f"oof_cells_stage{stage}.parquet"
-    return out
+                         run, str(s), c, sd / f"stage{s}_{v}" / f"fold{f}", f, e))
+    tables: dict[str, Path] = {}
+    for stage, stage_variants in variants.items():
+        for variant in stage_variants:
+            out = sd / f"stage{stage}_{variant}" / "oof"
+            step(run, f"{prefix}/stage{stage}_{variant}/oof",
+                 lambda s=stage, v=variant, o=out: oof(run, [sd / f"stage{s}_{v}" / f"fold{f}" for f in folds], o, s))
+            tables[f"{name}_s{stage}_{variant}" if name else f"s{stage}_{variant}"] = out / f"oof_cells_stage{stage}.parquet"
+    return tables
 
 
 def combined(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:

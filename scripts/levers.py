@@ -108,13 +108,14 @@ class Budget:
     batch_size: int = 16
     cell_epochs: int = 12
     cell_config: str = "configs/cell_cpu.yaml"
+    cell_size: int | None = None  # crop side of the cell classifier; None: a quarter of the field (crop_side)
 
 
 BUDGETS: dict[str, Budget] = {
     "test": Budget(count=16, size=128, variability=0.7, n_folds=2, epochs=1, seeds=(0, 1), batch_size=8, cell_epochs=1),
     "tiny": Budget(count=128, size=128, variability=0.7, n_folds=2, epochs=10, seeds=(0, 1), batch_size=8,
                    cell_epochs=6),
-    "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1)),
+    "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1), cell_size=64),
 }
 
 
@@ -158,7 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train every fold with Puzzle-CAM's own reconstruction-loss defaults (L1 masked by the "
                         "image labels, weight ramped to 4 over half the epochs) and score it as a lever")
     p.add_argument("--workers", type=int, default=1, help="worker processes of synth/prepare/segment (default 1)")
+    p.add_argument("--part", choices=PARTS, default="all",
+                   help="run only these steps of --seeds and stop without a table: 'models' (the Puzzle-CAM models, "
+                        "their inference variants and OOF merges), 'cell' (the cell classifier on the image labels; it "
+                        "does not need the models); 'all' (default): everything, then the table. Several processes "
+                        "or machines sharing --out can each take a part or a seed (never the same step at once)")
     return p
+
+
+#: What ``--part`` can run on its own (see :func:`run_part`).
+PARTS: tuple[str, ...] = ("all", "models", "cell")
 
 
 @dataclass(frozen=True)
@@ -283,7 +293,7 @@ def train_cell_model(run: Run, seed: int, fold: int, out: Path, targets: Path | 
     b = run.budget
     argv = ["--config", str(ROOT / b.cell_config), "--task", "cell", "--fold", str(fold), "--cache", str(run.cache),
             "--folds", str(run.folds), "--masks", str(run.seg), "--out", str(out), "--epochs", str(b.cell_epochs),
-            "--set", f"data.size={crop_side(b.size)}", "--set", f"train.seed={seed}", "--quiet"]
+            "--set", f"data.size={b.cell_size or crop_side(b.size)}", "--set", f"train.seed={seed}", "--quiet"]
     if targets is not None:
         argv += ["--soft-labels", str(targets)]
     if (out / "last.safetensors").is_file():
@@ -645,12 +655,30 @@ def check_settings(run: Run) -> None:
     atomic_write_bytes(path, json.dumps(settings, indent=2).encode())
 
 
+def run_part(run: Run, part: str, start: float) -> int:
+    """``--part models|cell``: the data steps, then only that part's steps for every seed of the run; no table."""
+    try:
+        with show_progress():
+            prepare_data(run)
+            for seed in run.budget.seeds:
+                if part == "models":
+                    run_seed(run, seed)
+                elif cell_classifier(run, seed, "cell", None) is None:
+                    raise StepError(f"seed {seed}: the cell classifier did not run (printed above)")
+    except StepError as exc:
+        print(f"levers: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"[levers] part {part} of seeds {','.join(map(str, run.budget.seeds))} done in "
+          f"{time.perf_counter() - start:.0f} s; run without --part for the table", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every step (resumable) and print the lever table."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run = run_from_args(args)
-    if len(run.budget.seeds) < 2:
+    if len(run.budget.seeds) < 2 and args.part == "all":
         print("[levers] warning: one seed gives no spread; use --seeds with at least 2", flush=True)
     run.out.mkdir(parents=True, exist_ok=True)
     try:
@@ -659,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"levers: error: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    if args.part != "all":
+        return run_part(run, args.part, start)
     try:
         with show_progress():
             ids = prepare_data(run)

@@ -47,9 +47,15 @@ def test_aggregate_and_verdicts():
 def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     lv = _levers()
     out = tmp_path / "levers"
-    # one seed keeps the test short (the spread over seeds: test_aggregate_and_verdicts)
+    # one seed keeps the test short (the spread over seeds: test_aggregate_and_verdicts); the cell classifier
+    # first as its own part (what a second process would do), then the rest, which skips its steps
+    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0", "--part", "cell"]) == 0
+    part = capsys.readouterr().out
+    assert "part cell of seeds 0 done" in part and "seed0/cell/oof:" in part
+    assert "seed0/train0 ..." not in part and "truth-broadcast" not in part
     assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0"]) == 0
     printed = capsys.readouterr().out
+    assert "seed0/cell/train0: done before, skipped" in printed and "seed0/train0 ..." in printed
     for needle in ("truth-broadcast", "oracle", "+tta d4", "+multi-scale", "+negative suppression", "all levers",
                    "cell classifier", "+pseudo rounds (1)", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
         assert needle in printed, needle

@@ -29,7 +29,8 @@ suppression``, ``+border``, ``+small``, ``+cell classifier``, ``+pseudo rounds``
 Post-processing runs through :func:`wsss.postprocess.postprocess` (what ``wsss-ensemble --config``
 does). Budgets (``--budget``): ``test`` (seconds, the test suite), ``tiny`` (a few minutes),
 ``real`` (the measurement of the issue: 400 images at 384 px, variability 0.7, 4 folds -> 300
-training images per model, 2 seeds; about 10 minutes per model on a 2-core AVX2 CPU). Any budget
+training images per model, 2 seeds; about 13 minutes per Puzzle-CAM model on a 2-core AVX2 CPU at 2 threads,
+20 minutes at 1 thread; ``--part`` splits a run over processes sharing ``--out``). Any budget
 value can be overridden (``--count``, ``--size``, ``--epochs`` ...). Example::
 
     python scripts/levers.py --budget tiny --out levers_tiny

@@ -75,7 +75,7 @@ logger = logging.getLogger("levers")
 BASELINE = "ensemble"
 HELPING = "helping levers"
 #: Bumped when the methods scored change, so cached scores of an older script are not reused.
-SCORES_VERSION = 2
+SCORES_VERSION = 3
 #: The metrics a verdict looks at (keys of :func:`summary_scores`).
 VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-17")
 #: Stage-1 and stage-2 inference variants: name -> extra wsss-infer arguments.
@@ -350,9 +350,10 @@ def cell_table_of(folder: Path) -> Path:
     return found[0]
 
 
-def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> Path | None:
+def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> tuple[Path, Path] | None:
     """Train and run the cell classifier on every fold (soft ``targets`` from ``wsss-pseudo``, else the image
-    labels); return its OOF per-cell table, or None when the commands are absent or fail (printed)."""
+    labels), plain and with ``--tta d4``; return its OOF per-cell tables (plain, d4), or None when the commands
+    are absent or fail (printed)."""
     if not (available("train") and available("infer")):
         print(f"[levers] {name}: skipped (wsss-train --task cell / wsss-infer --stage cell not available)", flush=True)
         return None
@@ -363,12 +364,15 @@ def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> Pat
         for fold in range(run.budget.n_folds):
             step(run, f"seed{seed}/{name}/train{fold}",
                  lambda f=fold: train_cell_model(run, seed, f, base / f"run_fold{f}", targets))
-            step(run, f"seed{seed}/{name}/infer{fold}",
-                 lambda f=fold: infer(run, "cell", base / f"run_fold{f}", base / f"infer_fold{f}", f, []))
-        step(run, f"seed{seed}/{name}/oof", lambda: call(oof_main, [
-            *[str(base / f"infer_fold{f}") for f in range(run.budget.n_folds)], "--folds", str(run.folds),
-            "--out", str(base / "oof"), "--stage", "cell", "--allow-missing"]))
-        return cell_table_of(base / "oof")
+            for tag, extra in (("", []), ("_d4", ["--tta", "d4"])):
+                step(run, f"seed{seed}/{name}/infer{tag}{fold}",
+                     lambda f=fold, g=tag, e=extra: infer(run, "cell", base / f"run_fold{f}",
+                                                           base / f"infer{g}_fold{f}", f, e))
+        for tag in ("", "_d4"):
+            step(run, f"seed{seed}/{name}/oof{tag}", lambda g=tag: call(oof_main, [
+                *[str(base / f"infer{g}_fold{f}") for f in range(run.budget.n_folds)], "--folds", str(run.folds),
+                "--out", str(base / f"oof{g}"), "--stage", "cell", "--allow-missing"]))
+        return cell_table_of(base / "oof"), cell_table_of(base / "oof_d4")
     except (StepError, SystemExit) as exc:
         print(f"[levers] {name}: skipped, the cell classifier's commands failed ({exc}); adapt the arguments in "
               f"scripts/levers.py cell_classifier() to their final form", flush=True)
@@ -457,6 +461,8 @@ class SeedTables:
     images: pd.DataFrame
     cell: pd.DataFrame | None = None
     pseudo: pd.DataFrame | None = None
+    cell_d4: pd.DataFrame | None = None  # the same classifiers with --tta d4 (used when the tta lever is on)
+    pseudo_d4: pd.DataFrame | None = None
 
 
 def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
@@ -469,9 +475,9 @@ def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
         s1 = t.stages["s1_" + ("d4ms" if tta and ms else "d4" if tta else "ms" if ms else "plain")]
         sources = [s1, t.stages["s2_d4" if tta else "s2_plain"]]
     if "pseudo" in chosen and t.pseudo is not None:
-        sources.append(t.pseudo)
+        sources.append(t.pseudo_d4 if tta and t.pseudo_d4 is not None else t.pseudo)
     elif "cell" in chosen and t.cell is not None:
-        sources.append(t.cell)
+        sources.append(t.cell_d4 if tta and t.cell_d4 is not None else t.cell)
     params = PostParams(blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
                         blend_image=lv.blend_image if "blend" in chosen else 0.0,
                         negative_suppression="negative" in chosen,
@@ -489,7 +495,7 @@ def seed_tables(run: Run, seed: int, paths: dict[str, Path]) -> SeedTables:
     if cell is None:
         print("[levers] pseudo rounds: skipped (they need the cell classifier)", flush=True)
         return t
-    t.cell = read_cell_table(cell)
+    t.cell, t.cell_d4 = (read_cell_table(p) for p in cell)
     source = run.seed_dir(seed) / "ensemble_cell.parquet"
     with_levers(t, {"cell"}, run.levers).to_parquet(source, index=False)
     for round_ in range(1, run.levers.pseudo_rounds + 1):
@@ -497,7 +503,7 @@ def seed_tables(run: Run, seed: int, paths: dict[str, Path]) -> SeedTables:
         table = cell_classifier(run, seed, f"cell_pseudo{round_}", targets) if targets else None
         if table is None:
             break
-        t.pseudo = read_cell_table(table)
+        t.pseudo, t.pseudo_d4 = (read_cell_table(p) for p in table)
         source = run.seed_dir(seed) / f"ensemble_pseudo{round_}.parquet"
         with_levers(t, {"pseudo"}, run.levers).to_parquet(source, index=False)
     return t
@@ -519,9 +525,10 @@ def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
     if "rec_s1_plain" in t.stages:
         out["rec loss: stage1"], out["rec loss: stage2"] = t.stages["rec_s1_plain"], t.stages["rec_s2_plain"]
     if t.cell is not None:
-        out["cell classifier"] = t.cell
+        out["cell classifier"], out["cell classifier d4"] = t.cell, t.cell_d4
     if t.pseudo is not None:
         out["cell classifier, last pseudo round"] = t.pseudo
+        out["cell classifier, last pseudo round, d4"] = t.pseudo_d4
     keys = present_levers(t)
     for key in keys:
         out[f"+{lever_label(key, lv)}"] = with_levers(t, {key}, lv)

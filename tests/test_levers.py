@@ -57,7 +57,7 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "seed0/cell/train0: done before, skipped" in printed and "seed0/train0 ..." in printed
     for needle in ("truth-broadcast", "oracle", "+tta d4", "+multi-scale", "+negative suppression", "all levers",
-                   "cell classifier", "+pseudo rounds (1)", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
+                   "cell classifier", "cell classifier d4", "last pseudo round, d4", "+pseudo rounds (1)", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
         assert needle in printed, needle
     summary = pd.read_csv(out / "levers_summary.csv").set_index("method")
     assert summary.loc["oracle", "official all mean"] > summary.loc["naive", "strict all mean"]

@@ -42,6 +42,22 @@ def test_aggregate_and_verdicts():
     assert deltas.loc["+b", "official all verdict"] == "no clear gain"
 
 
+def test_a_pseudo_round_must_also_beat_the_cell_classifier(capsys):
+    lv = _levers()
+    run = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused"]))
+    cell, pseudo = f"+{lv.lever_label('cell', run.levers)}", f"+{lv.lever_label('pseudo', run.levers)}"
+
+    def scores(pseudo_values: list[float]) -> pd.DataFrame:
+        rows = [{"seed": seed, "method": method, "official all": v, "strict all": v, "official all 0-17": v}
+                for method, values in {"ensemble": [0.5, 0.6], cell: [0.7, 0.8], pseudo: pseudo_values}.items()
+                for seed, v in enumerate(values)]
+        return pd.DataFrame(rows)
+
+    assert lv.helping_levers(run, scores([0.75, 0.85])) == ["cell", "pseudo"]
+    assert lv.helping_levers(run, scores([0.65, 0.75])) == ["cell"]  # above the baseline, below the classifier
+    assert "left out of the helping levers" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):

@@ -83,6 +83,8 @@ VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-1
 STAGE1_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"], "ms": ["--scales", "{scales}"],
                                          "d4ms": ["--tta", "d4", "--scales", "{scales}"]}
 STAGE2_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"]}
+#: The cell classifier's inference variants: folder/step suffix -> extra wsss-infer arguments.
+CELL_VARIANTS: dict[str, list[str]] = {"": [], "_d4": ["--tta", "d4"]}
 #: The variants run for the reconstruction-loss lever's models (no multi-scale: that lever is the base model's).
 REC_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"]}
 #: Puzzle-CAM's own defaults for the reconstruction term: weight 4 (alpha), reached linearly at half of the
@@ -365,15 +367,16 @@ def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> tup
         for fold in range(run.budget.n_folds):
             step(run, f"seed{seed}/{name}/train{fold}",
                  lambda f=fold: train_cell_model(run, seed, f, base / f"run_fold{f}", targets))
-            for tag, extra in (("", []), ("_d4", ["--tta", "d4"])):
+            for tag, extra in CELL_VARIANTS.items():
                 step(run, f"seed{seed}/{name}/infer{tag}{fold}",
                      lambda f=fold, g=tag, e=extra: infer(run, "cell", base / f"run_fold{f}",
                                                            base / f"infer{g}_fold{f}", f, e))
-        for tag in ("", "_d4"):
+        for tag in CELL_VARIANTS:
             step(run, f"seed{seed}/{name}/oof{tag}", lambda g=tag: call(oof_main, [
                 *[str(base / f"infer{g}_fold{f}") for f in range(run.budget.n_folds)], "--folds", str(run.folds),
                 "--out", str(base / f"oof{g}"), "--stage", "cell", "--allow-missing"]))
-        return cell_table_of(base / "oof"), cell_table_of(base / "oof_d4")
+        plain, d4 = (cell_table_of(base / f"oof{tag}") for tag in CELL_VARIANTS)
+        return plain, d4
     except (StepError, SystemExit) as exc:
         print(f"[levers] {name}: skipped, the cell classifier's commands failed ({exc}); adapt the arguments in "
               f"scripts/levers.py cell_classifier() to their final form", flush=True)
@@ -462,7 +465,7 @@ class SeedTables:
     images: pd.DataFrame
     cell: pd.DataFrame | None = None
     pseudo: pd.DataFrame | None = None
-    cell_d4: pd.DataFrame | None = None  # the same classifiers with --tta d4 (used when the tta lever is on)
+    cell_d4: pd.DataFrame | None = None  # the same classifiers with --tta d4 (set with them; the tta lever's)
     pseudo_d4: pd.DataFrame | None = None
 
 
@@ -476,9 +479,9 @@ def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
         s1 = t.stages["s1_" + ("d4ms" if tta and ms else "d4" if tta else "ms" if ms else "plain")]
         sources = [s1, t.stages["s2_d4" if tta else "s2_plain"]]
     if "pseudo" in chosen and t.pseudo is not None:
-        sources.append(t.pseudo_d4 if tta and t.pseudo_d4 is not None else t.pseudo)
+        sources.append(t.pseudo_d4 if tta else t.pseudo)
     elif "cell" in chosen and t.cell is not None:
-        sources.append(t.cell_d4 if tta and t.cell_d4 is not None else t.cell)
+        sources.append(t.cell_d4 if tta else t.cell)
     params = PostParams(blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
                         blend_image=lv.blend_image if "blend" in chosen else 0.0,
                         negative_suppression="negative" in chosen,

@@ -9,8 +9,10 @@ and is skipped on a re-run, so a killed run resumes where it stopped):
    stage 1 plain, ``--tta d4``, ``--scales`` (multi-scale), both; stage 2 plain and ``--tta d4``;
    with the issue-13 cell classifier merged (``wsss-train --task cell``, ``wsss-infer --stage
    cell``, detected; skipped with a printed line when absent) also the cell classifier, and with
-   ``wsss-pseudo`` one pseudo-label round per ``--pseudo-rounds`` (OOF ensemble -> soft targets ->
-   cell classifier retrained);
+   ``wsss-pseudo`` one pseudo-label round per ``--pseudo-rounds`` (a teacher's OOF per-cell table -> soft
+   targets masked by the image labels -> the cell classifier retrained on them; the teacher, ``--pseudo-source``:
+   ``cell``, the previous cell classifier's own D4 table (round 1: the one on the image labels), or
+   ``ensemble``, the OOF ensemble of stage 1, stage 2 and that classifier);
 3. per seed: ``wsss-oof`` joins each variant's folds; every method below is scored against the
    synthetic truth (:func:`wsss.metrics.references.summary_scores`: official and strict protocol,
    all and heterogeneous images, all classes and 0-17), with the truth-broadcast and the oracle
@@ -47,7 +49,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +78,7 @@ logger = logging.getLogger("levers")
 BASELINE = "ensemble"
 HELPING = "helping levers"
 #: Bumped when the methods scored change, so cached scores of an older script are not reused.
-SCORES_VERSION = 3
+SCORES_VERSION = 4
 #: The metrics a verdict looks at (keys of :func:`summary_scores`).
 VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-17")
 #: Stage-1 and stage-2 inference variants: name -> extra wsss-infer arguments.
@@ -134,7 +136,22 @@ class Levers:
     small_factor: float = 0.5
     small_area: float = 0.5
     pseudo_rounds: int = 1
+    pseudo_source: str = "cell"
+    cell_weight: float = 8.0  # the cell classifier's weight in the geometric mean (stage 1 and stage 2: 1 each)
     rec: bool = True
+
+
+#: Teachers of the pseudo-label rounds (``--pseudo-source``): ``cell``, the previous round's cell classifier (D4
+#: table) alone; ``ensemble``, the OOF ensemble of stage 1, stage 2 and that classifier.
+PSEUDO_SOURCES: tuple[str, ...] = ("cell", "ensemble")
+
+
+def positive(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", default=f"{Levers.small_factor},{Levers.small_area}",
                    help="small-cell factor,area (area as a fraction of the image's median cell area)")
     p.add_argument("--pseudo-rounds", type=int, default=Levers.pseudo_rounds, help="pseudo-label rounds (wsss-pseudo)")
+    p.add_argument("--pseudo-source", choices=PSEUDO_SOURCES, default=Levers.pseudo_source,
+                   help="teacher of each pseudo-label round: 'cell' (default), the previous cell classifier's OOF D4 "
+                        "table; 'ensemble', the OOF ensemble of stage 1, stage 2 and that classifier")
+    p.add_argument("--cell-weight", type=positive, default=Levers.cell_weight,
+                   help=f"weight of the cell classifier (or its last pseudo round) in the geometric mean with stage 1 "
+                        f"and stage 2 at 1 each (default {Levers.cell_weight:g}; 1: equal weights)")
     p.add_argument("--rec-lever", action=argparse.BooleanOptionalAction, default=Levers.rec,
                    help="also train every fold with Puzzle-CAM's own reconstruction-loss defaults (L1 masked by the "
                         "image labels, weight ramped to 4 over half the epochs) and score it as a lever")
@@ -166,13 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", choices=PARTS, default="all",
                    help="run only these steps of --seeds and stop without a table: 'models' (the Puzzle-CAM models, "
                         "their inference variants and OOF merges), 'cell' (the cell classifier on the image labels; it "
-                        "does not need the models); 'all' (default): everything, then the table. Several processes "
+                        "does not need the models); 'pseudo' (the pseudo-label rounds: they need the cell classifier, "
+                        "which runs first, and the models only with --pseudo-source ensemble); 'all' (default): "
+                        "everything, then the table. Several processes "
                         "or machines sharing --out can each take a part or a seed (never the same step at once)")
     return p
 
 
 #: What ``--part`` can run on its own (see :func:`run_part`).
-PARTS: tuple[str, ...] = ("all", "models", "cell")
+PARTS: tuple[str, ...] = ("all", "models", "cell", "pseudo")
 
 
 @dataclass(frozen=True)
@@ -217,7 +242,7 @@ def run_from_args(args: argparse.Namespace) -> Run:
     small = [float(v) for v in args.small.split(",")]
     levers = Levers(scales=args.scales, blend_cell=blend[0], blend_image=blend[1], border_factor=args.border_factor,
                     small_factor=small[0], small_area=small[1], pseudo_rounds=args.pseudo_rounds,
-                    rec=args.rec_lever)
+                    pseudo_source=args.pseudo_source, cell_weight=args.cell_weight, rec=args.rec_lever)
     return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers)
 
 
@@ -383,16 +408,23 @@ def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> tup
         return None
 
 
+def pseudo_name(run: Run, round_: int) -> str:
+    """Folder and step name of one pseudo-label round's targets (``pseudo1_cell``); its classifier's is
+    ``cell_`` + that."""
+    return f"pseudo{round_}_{run.levers.pseudo_source}"
+
+
 def pseudo_targets(run: Run, seed: int, round_: int, table: Path) -> Path | None:
-    """``wsss-pseudo`` soft targets from an OOF per-cell table, or None (printed) when absent or failing."""
+    """``wsss-pseudo`` soft targets from an OOF per-cell ``table`` (the round's teacher), or None (printed) when
+    absent or failing."""
     if not available("pseudo"):
         print(f"[levers] pseudo round {round_}: skipped (wsss-pseudo not available)", flush=True)
         return None
     from wsss.cli.pseudo import main as pseudo_main  # type: ignore[import-not-found]
 
-    out = run.seed_dir(seed) / f"pseudo{round_}"
+    out = run.seed_dir(seed) / pseudo_name(run, round_)
     try:
-        step(run, f"seed{seed}/pseudo{round_}",
+        step(run, f"seed{seed}/{pseudo_name(run, round_)}",
              lambda: call(pseudo_main, [str(table), "--folds", str(run.folds), "--out", str(out)]))
     except (StepError, SystemExit) as exc:
         print(f"[levers] pseudo round {round_}: skipped, wsss-pseudo failed ({exc})", flush=True)
@@ -439,9 +471,11 @@ def fold_models(run: Run, seed: int, name: str, train_extra: Sequence[str],
     return tables
 
 
-def combined(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """The project's default ensemble (geometric mean, weights 1) of tables on the same masks."""
-    return ensemble([Source(f"t{i}", t) for i, t in enumerate(tables)], method="geom", match="id")
+def combined(tables: Sequence[pd.DataFrame], weights: Sequence[float] | None = None) -> pd.DataFrame:
+    """The project's default ensemble (weighted geometric mean; weights 1 by default) of tables on the same masks."""
+    weights = [1.0] * len(tables) if weights is None else list(weights)
+    return ensemble([Source(f"t{i}", t, weight=w) for i, (t, w) in enumerate(zip(tables, weights, strict=True))],
+                    method="geom", match="id")
 
 
 #: The levers, in the order they are reported (``cell`` and ``pseudo`` only when their commands exist).
@@ -452,8 +486,8 @@ def lever_label(key: str, lv: Levers) -> str:
     """The printed name of a lever."""
     return {"tta": "tta d4", "ms": "multi-scale", "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
             "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
-            "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)", "cell": "cell classifier",
-            "pseudo": f"pseudo rounds ({lv.pseudo_rounds})",
+            "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)", "cell": f"cell classifier x{lv.cell_weight:g}",
+            "pseudo": f"pseudo rounds ({lv.pseudo_rounds}, {lv.pseudo_source}) x{lv.cell_weight:g}",
             "rec": f"rec loss masked, w {REC_MAX_WEIGHT:g} ramped"}[key]
 
 
@@ -464,9 +498,18 @@ class SeedTables:
     stages: dict[str, pd.DataFrame]
     images: pd.DataFrame
     cell: pd.DataFrame | None = None
-    pseudo: pd.DataFrame | None = None
-    cell_d4: pd.DataFrame | None = None  # the same classifiers with --tta d4 (set with them; the tta lever's)
-    pseudo_d4: pd.DataFrame | None = None
+    cell_d4: pd.DataFrame | None = None  # the same classifier with --tta d4 (set with it; the tta lever's)
+    rounds: list[tuple[pd.DataFrame, pd.DataFrame]] = field(default_factory=list)  # per pseudo round: plain, d4
+
+    @property
+    def pseudo(self) -> pd.DataFrame | None:
+        """The last pseudo round's classifier (None before any round)."""
+        return self.rounds[-1][0] if self.rounds else None
+
+    @property
+    def pseudo_d4(self) -> pd.DataFrame | None:
+        """The last pseudo round's classifier with --tta d4."""
+        return self.rounds[-1][1] if self.rounds else None
 
 
 def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
@@ -478,39 +521,56 @@ def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
     else:
         s1 = t.stages["s1_" + ("d4ms" if tta and ms else "d4" if tta else "ms" if ms else "plain")]
         sources = [s1, t.stages["s2_d4" if tta else "s2_plain"]]
+    weights = [1.0] * len(sources)
     if "pseudo" in chosen and t.pseudo is not None:
         sources.append(t.pseudo_d4 if tta else t.pseudo)
+        weights.append(lv.cell_weight)
     elif "cell" in chosen and t.cell is not None:
         sources.append(t.cell_d4 if tta else t.cell)
+        weights.append(lv.cell_weight)
     params = PostParams(blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
                         blend_image=lv.blend_image if "blend" in chosen else 0.0,
                         negative_suppression="negative" in chosen,
                         border_factor=lv.border_factor if "border" in chosen else 1.0,
                         small_factor=lv.small_factor if "small" in chosen else 1.0,
                         small_area=lv.small_area if "small" in chosen else 0.0)
-    return postprocess(combined(sources), params, t.images)
+    return postprocess(combined(sources, weights), params, t.images)
 
 
 def seed_tables(run: Run, seed: int, paths: dict[str, Path]) -> SeedTables:
     """Read one seed's OOF tables; run the cell classifier and the pseudo-label rounds when they exist."""
     t = SeedTables(stages={k: read_cell_table(v) for k, v in paths.items() if k != "images"},
                    images=pd.read_parquet(paths["images"]))
+    return pseudo_rounds(run, seed, t)
+
+
+def pseudo_rounds(run: Run, seed: int, t: SeedTables) -> SeedTables:
+    """Run the cell classifier and the pseudo-label rounds into ``t`` (returned), as far as their commands work."""
     cell = cell_classifier(run, seed, "cell", None)
     if cell is None:
         print("[levers] pseudo rounds: skipped (they need the cell classifier)", flush=True)
         return t
     t.cell, t.cell_d4 = (read_cell_table(p) for p in cell)
-    source = run.seed_dir(seed) / "ensemble_cell.parquet"
-    with_levers(t, {"cell"}, run.levers).to_parquet(source, index=False)
+    teacher = teacher_table(run, seed, t, "cell", cell[1])
     for round_ in range(1, run.levers.pseudo_rounds + 1):
-        targets = pseudo_targets(run, seed, round_, source)
-        table = cell_classifier(run, seed, f"cell_pseudo{round_}", targets) if targets else None
+        targets = pseudo_targets(run, seed, round_, teacher)
+        table = cell_classifier(run, seed, f"cell_{pseudo_name(run, round_)}", targets) if targets else None
         if table is None:
             break
-        t.pseudo, t.pseudo_d4 = (read_cell_table(p) for p in table)
-        source = run.seed_dir(seed) / f"ensemble_pseudo{round_}.parquet"
-        with_levers(t, {"pseudo"}, run.levers).to_parquet(source, index=False)
+        t.rounds.append((read_cell_table(table[0]), read_cell_table(table[1])))
+        teacher = teacher_table(run, seed, t, "pseudo", table[1], round_)
     return t
+
+
+def teacher_table(run: Run, seed: int, t: SeedTables, lever: str, d4_table: Path, round_: int = 0) -> Path:
+    """The OOF per-cell table the next pseudo round learns from: with ``--pseudo-source cell`` the latest cell
+    classifier's D4 table ``d4_table`` itself; with ``ensemble`` the baseline ensemble with that classifier
+    (``lever``: ``cell`` or ``pseudo``), written to ``OUT/seedS/ensemble_{cell|pseudoR}.parquet``."""
+    if run.levers.pseudo_source == "cell":
+        return d4_table
+    path = run.seed_dir(seed) / (f"ensemble_pseudo{round_}.parquet" if round_ else "ensemble_cell.parquet")
+    with_levers(t, {lever}, run.levers).to_parquet(path, index=False)
+    return path
 
 
 def present_levers(t: SeedTables) -> list[str]:
@@ -530,9 +590,9 @@ def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
         out["rec loss: stage1"], out["rec loss: stage2"] = t.stages["rec_s1_plain"], t.stages["rec_s2_plain"]
     if t.cell is not None:
         out["cell classifier"], out["cell classifier d4"] = t.cell, t.cell_d4
-    if t.pseudo is not None:
-        out["cell classifier, last pseudo round"] = t.pseudo
-        out["cell classifier, last pseudo round, d4"] = t.pseudo_d4
+    for round_, (plain, d4) in enumerate(t.rounds, start=1):
+        out[f"cell classifier, pseudo round {round_}"] = plain
+        out[f"cell classifier, pseudo round {round_}, d4"] = d4
     keys = present_levers(t)
     for key in keys:
         out[f"+{lever_label(key, lv)}"] = with_levers(t, {key}, lv)
@@ -686,13 +746,16 @@ def check_settings(run: Run) -> None:
 
 
 def run_part(run: Run, part: str, start: float) -> int:
-    """``--part models|cell``: the data steps, then only that part's steps for every seed of the run; no table."""
+    """``--part models|cell|pseudo``: the data steps, then only that part's steps for every seed of the run; no
+    table."""
     try:
         with show_progress():
             prepare_data(run)
             for seed in run.budget.seeds:
                 if part == "models":
                     run_seed(run, seed)
+                elif part == "pseudo":
+                    pseudo_part(run, seed)
                 elif cell_classifier(run, seed, "cell", None) is None:
                     raise StepError(f"seed {seed}: the cell classifier did not run (printed above)")
     except StepError as exc:
@@ -701,6 +764,18 @@ def run_part(run: Run, part: str, start: float) -> int:
     print(f"[levers] part {part} of seeds {','.join(map(str, run.budget.seeds))} done in "
           f"{time.perf_counter() - start:.0f} s; run without --part for the table", flush=True)
     return 0
+
+
+def pseudo_part(run: Run, seed: int) -> None:
+    """The pseudo-label rounds of one seed (with the cell classifier first); the models too when the teacher is
+    the ensemble (it reads stage 1 and 2)."""
+    if run.levers.pseudo_source == "ensemble":
+        t = seed_tables(run, seed, run_seed(run, seed))
+    else:
+        empty = SeedTables(stages={}, images=pd.DataFrame())
+        t = pseudo_rounds(run, seed, empty)
+    if len(t.rounds) < run.levers.pseudo_rounds:
+        raise StepError(f"seed {seed}: {len(t.rounds)} of {run.levers.pseudo_rounds} pseudo rounds ran (printed above)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,6 +58,39 @@ def test_a_pseudo_round_must_also_beat_the_cell_classifier(capsys):
     assert "left out of the helping levers" in capsys.readouterr().out
 
 
+def test_the_cell_classifier_weight_reaches_the_geometric_mean():
+    lv = _levers()
+    from wsss.schema import CELL_COLUMNS, PROB_COLUMNS
+
+    def table(p: float) -> pd.DataFrame:
+        row = {"image_id": "a", "cell_id": 1, "source": "s", "fold": 0, "x0": 0, "y0": 0, "x1": 1, "y1": 1,
+               "area": 1, "is_border": False, "orig_width": 8, "orig_height": 8, "mask_path": "m.npz",
+               **dict.fromkeys(PROB_COLUMNS, p)}
+        return pd.DataFrame([row], columns=CELL_COLUMNS)
+
+    s1, s2, cell = table(0.1), table(0.1), table(0.8)
+    equal = lv.combined([s1, s2, cell])["p_0"].iloc[0]
+    heavy = lv.combined([s1, s2, cell], [1.0, 1.0, 8.0])["p_0"].iloc[0]
+    assert equal == pytest.approx((0.1 * 0.1 * 0.8) ** (1 / 3), rel=1e-4)
+    assert heavy == pytest.approx((0.1 * 0.1 * 0.8 ** 8) ** (1 / 10), rel=1e-4) and heavy > equal
+
+
+def test_pseudo_teacher_and_names(tmp_path):
+    lv = _levers()
+    run = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path)]))
+    assert run.levers.pseudo_source == "cell" and lv.pseudo_name(run, 2) == "pseudo2_cell"
+    d4 = tmp_path / "oof_d4" / "oof_cells_stagecell.parquet"
+    empty = lv.SeedTables(stages={}, images=pd.DataFrame())
+    assert empty.pseudo is None and empty.pseudo_d4 is None
+    # the default teacher is the classifier's own D4 table, untouched (no ensemble written)
+    assert lv.teacher_table(run, 0, empty, "cell", d4) == d4 and not (tmp_path / "seed0").exists()
+    other = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path), "--pseudo-source", "ensemble"]))
+    assert lv.pseudo_name(other, 1) == "pseudo1_ensemble"  # its rounds never reuse the other teacher's steps
+    assert lv.scores_digest(other) != lv.scores_digest(run)
+    with pytest.raises(SystemExit):
+        lv.build_parser().parse_args(["--out", str(tmp_path), "--cell-weight", "0"])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
@@ -69,11 +102,16 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     part = capsys.readouterr().out
     assert "part cell of seeds 0 done" in part and "seed0/cell/oof:" in part
     assert "seed0/train0 ..." not in part and "truth-broadcast" not in part
+    # the pseudo rounds as a part of their own: the classifier is done, its D4 table is the teacher, no model runs
+    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0", "--part", "pseudo"]) == 0
+    part = capsys.readouterr().out
+    assert "seed0/cell/train0: done before, skipped" in part and "seed0/cell_pseudo1_cell/oof_d4:" in part
+    assert "seed0/train0 ..." not in part
     assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0"]) == 0
     printed = capsys.readouterr().out
-    assert "seed0/cell/train0: done before, skipped" in printed and "seed0/train0 ..." in printed
+    assert "seed0/cell_pseudo1_cell/train0: done before, skipped" in printed and "seed0/train0 ..." in printed
     for needle in ("truth-broadcast", "oracle", "+tta d4", "+multi-scale", "+negative suppression", "all levers",
-                   "cell classifier", "cell classifier d4", "last pseudo round, d4", "+pseudo rounds (1)", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
+                   "cell classifier", "cell classifier d4", "pseudo round 1, d4", "+pseudo rounds (1, cell) x8", "+cell classifier x8", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
         assert needle in printed, needle
     summary = pd.read_csv(out / "levers_summary.csv").set_index("method")
     assert summary.loc["oracle", "official all mean"] > summary.loc["naive", "strict all mean"]

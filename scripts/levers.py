@@ -20,13 +20,14 @@ and is skipped on a re-run, so a killed run resumes where it stopped):
 4. the table: mean and spread (sample standard deviation) over the seeds, then each lever's change
    against the plain ``ensemble`` (stage 1 + stage 2, geometric mean) per seed, with a verdict:
    ``helps`` when it is higher in every seed, ``hurts`` when lower in every seed, else ``no clear gain``;
-   ``helping levers`` is the ensemble with every lever whose verdict is ``helps`` under the official
-   protocol on all images and not ``hurts`` under the strict one, a lever that builds on another (the pseudo
-   rounds on the cell classifier) passing the same rule against it too (chosen on the same data, so
-   optimistic: confirm on another data seed, ``--data-seed``).
+   ``helping levers`` is the ensemble with every lever whose verdict is ``helps`` on the mean of the
+   official and strict scores on all images (``--select both``, the default: the issue's goals weigh both
+   protocols; ``--select official``: ``helps`` officially and not ``hurts`` strictly), a lever that builds
+   on another (the pseudo rounds on the cell classifier) passing the same rule against it too (chosen on
+   the same data, so optimistic: confirm on another data seed, ``--data-seed``).
 
 Methods: ``naive``, ``stage1``, ``stage2``, ``ensemble`` (the baseline), the TTA tables alone, then
-one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+blend``, ``+negative
+one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+image context``, ``+blend``, ``+negative
 suppression``, ``+border``, ``+small``, ``+cell classifier``, ``+pseudo rounds``), ``all levers`` and
 ``helping levers``.
 Post-processing runs through :func:`wsss.postprocess.postprocess` (what ``wsss-ensemble --config``
@@ -80,7 +81,11 @@ HELPING = "helping levers"
 #: Bumped when the methods scored change, so cached scores of an older script are not reused.
 SCORES_VERSION = 4
 #: The metrics a verdict looks at (keys of :func:`summary_scores`).
-VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-17")
+BOTH = "official+strict all"
+VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-17", BOTH)
+#: How ``helping levers`` are chosen (``--select``): ``both``, the mean of the official and strict scores on all
+#: images higher in every seed; ``official``, the official score higher in every seed and the strict not lower.
+SELECTIONS: tuple[str, ...] = ("both", "official")
 #: Stage-1 and stage-2 inference variants: name -> extra wsss-infer arguments.
 STAGE1_VARIANTS: dict[str, list[str]] = {"plain": [], "d4": ["--tta", "d4"], "ms": ["--scales", "{scales}"],
                                          "d4ms": ["--tta", "d4", "--scales", "{scales}"]}
@@ -137,6 +142,7 @@ class Levers:
     small_area: float = 0.5
     pseudo_rounds: int = 1
     pseudo_source: str = "cell"
+    context_power: float = 0.5
     cell_weight: float = 8.0  # the cell classifier's weight in the geometric mean (stage 1 and stage 2: 1 each)
     rec: bool = True
 
@@ -179,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-source", choices=PSEUDO_SOURCES, default=Levers.pseudo_source,
                    help="teacher of each pseudo-label round: 'cell' (default), the previous cell classifier's OOF D4 "
                         "table; 'ensemble', the OOF ensemble of stage 1, stage 2 and that classifier")
+    p.add_argument("--context-power", type=positive, default=Levers.context_power,
+                   help=f"the image-context lever: every probability times the mean over its image's cells to this "
+                        f"power (postprocess.context; default {Levers.context_power:g})")
+    p.add_argument("--select", choices=SELECTIONS, default="both",
+                   help="how the helping levers are chosen: 'both' (default), the mean of the official and strict "
+                        "scores on all images higher in every seed; 'official', the official score higher in every "
+                        "seed and the strict one not lower in every seed")
     p.add_argument("--cell-weight", type=positive, default=Levers.cell_weight,
                    help=f"weight of the cell classifier (or its last pseudo round) in the geometric mean with stage 1 "
                         f"and stage 2 at 1 each (default {Levers.cell_weight:g}; 1: equal weights)")
@@ -209,6 +222,7 @@ class Run:
     levers: Levers
     data_seed: int = 0
     workers: int = 1
+    select: str = "both"
 
     @property
     def synth(self) -> Path:
@@ -242,8 +256,10 @@ def run_from_args(args: argparse.Namespace) -> Run:
     small = [float(v) for v in args.small.split(",")]
     levers = Levers(scales=args.scales, blend_cell=blend[0], blend_image=blend[1], border_factor=args.border_factor,
                     small_factor=small[0], small_area=small[1], pseudo_rounds=args.pseudo_rounds,
-                    pseudo_source=args.pseudo_source, cell_weight=args.cell_weight, rec=args.rec_lever)
-    return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers)
+                    pseudo_source=args.pseudo_source, cell_weight=args.cell_weight, context_power=args.context_power,
+                    rec=args.rec_lever)
+    return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers,
+               select=args.select)
 
 
 # --------------------------------------------------------------------------- steps
@@ -479,12 +495,12 @@ def combined(tables: Sequence[pd.DataFrame], weights: Sequence[float] | None = N
 
 
 #: The levers, in the order they are reported (``cell`` and ``pseudo`` only when their commands exist).
-LEVERS: tuple[str, ...] = ("rec", "tta", "ms", "blend", "negative", "border", "small", "cell", "pseudo")
+LEVERS: tuple[str, ...] = ("rec", "tta", "ms", "context", "blend", "negative", "border", "small", "cell", "pseudo")
 
 
 def lever_label(key: str, lv: Levers) -> str:
     """The printed name of a lever."""
-    return {"tta": "tta d4", "ms": "multi-scale", "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
+    return {"tta": "tta d4", "ms": "multi-scale", "context": f"image context (mean^{lv.context_power:g})", "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
             "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
             "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)", "cell": f"cell classifier x{lv.cell_weight:g}",
             "pseudo": f"pseudo rounds ({lv.pseudo_rounds}, {lv.pseudo_source}) x{lv.cell_weight:g}",
@@ -528,7 +544,8 @@ def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
     elif "cell" in chosen and t.cell is not None:
         sources.append(t.cell_d4 if tta else t.cell)
         weights.append(lv.cell_weight)
-    params = PostParams(blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
+    params = PostParams(context_power=lv.context_power if "context" in chosen else 0.0,
+                        blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
                         blend_image=lv.blend_image if "blend" in chosen else 0.0,
                         negative_suppression="negative" in chosen,
                         border_factor=lv.border_factor if "border" in chosen else 1.0,
@@ -640,13 +657,15 @@ BUILDS_ON: dict[str, str] = {"pseudo": "cell"}
 
 
 def helping_levers(run: Run, scores: pd.DataFrame) -> list[str]:
-    """The levers that helped under the official protocol on all images in every seed and did not hurt
-    the strict protocol (verdicts of :func:`lever_deltas`); a lever of :data:`BUILDS_ON` must also pass that
-    rule against the lever it builds on (printed when it does not)."""
+    """The levers that helped in every seed by the run's rule (``run.select``, :data:`SELECTIONS`; verdicts of
+    :func:`lever_deltas`); a lever of :data:`BUILDS_ON` must also pass that rule against the lever it builds on
+    (printed when it does not)."""
     labels = {f"+{lever_label(k, run.levers)}": k for k in LEVERS}
 
     def passes(deltas: pd.DataFrame, name: str) -> bool:
         row = deltas.loc[name]
+        if run.select == "both":
+            return row[f"{BOTH} verdict"] == "helps"
         return row["official all verdict"] == "helps" and row["strict all verdict"] != "hurts"
 
     deltas = lever_deltas(scores).set_index("lever")
@@ -686,6 +705,13 @@ def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
     return mean.add_suffix(" mean").join(sd.add_suffix(" sd")).reset_index()
 
 
+def metric(scores: pd.DataFrame, key: str) -> pd.Series:
+    """One score column of :func:`summary_scores` rows, or :data:`BOTH`: the mean of official and strict, all images."""
+    if key == BOTH:
+        return (scores["official all"] + scores["strict all"]) / 2
+    return scores[key]
+
+
 def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """Per lever (``+...`` and ``all levers``) the mean change against ``baseline`` and the verdict per metric."""
     base = scores[scores["method"] == baseline].set_index("seed")
@@ -696,7 +722,7 @@ def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame
         this = scores[scores["method"] == name].set_index("seed")
         row: dict[str, object] = {"lever": name}
         for key in VERDICT_KEYS:
-            delta = (this[key] - base.loc[this.index, key]).to_numpy(dtype=float)
+            delta = (metric(this, key) - metric(base.loc[this.index], key)).to_numpy(dtype=float)
             row[f"{key} delta"] = float(np.mean(delta))
             row[f"{key} verdict"] = ("helps" if (delta > 0).all() else "hurts" if (delta < 0).all()
                                      else "no clear gain")
@@ -720,8 +746,8 @@ def format_table(summary: pd.DataFrame, deltas: pd.DataFrame, run: Run, n_all: i
     for row in summary.to_dict("records"):
         lines.append(f"{row['method']:<{width}}" + "".join(f"{row[c + ' mean']:>9.4f} +-{row[c + ' sd']:.3f}"
                                                            for c in cols))
-    lines.append(f"{HELPING} = {' + '.join(helping) or 'none'} (chosen on these data: optimistic); references "
-                 f"on the stage-1 masks")
+    lines.append(f"{HELPING} = {' + '.join(helping) or 'none'} (--select {run.select}; chosen on these data: "
+                 f"optimistic); references on the stage-1 masks")
     lines.append(f"\nlevers against '{BASELINE}' (mean change; helps = higher in every seed, hurts = lower in every seed)")
     lines.append(f"{'lever':<{width}}" + "".join(f"{k:>34}" for k in VERDICT_KEYS))
     for row in deltas.to_dict("records"):

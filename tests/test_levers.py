@@ -58,6 +58,25 @@ def test_a_pseudo_round_must_also_beat_the_cell_classifier(capsys):
     assert "left out of the helping levers" in capsys.readouterr().out
 
 
+def test_select_both_weighs_the_two_protocols():
+    lv = _levers()
+    ctx = f"+{lv.lever_label('context', lv.Levers())}"
+
+    def scores(official: list[float], strict: list[float]) -> pd.DataFrame:
+        rows = [{"seed": k, "method": "ensemble", "official all": 0.8, "strict all": 0.5, "official all 0-17": 0.8}
+                for k in range(2)]
+        rows += [{"seed": k, "method": ctx, "official all": o, "strict all": s_, "official all 0-17": o}
+                 for k, (o, s_) in enumerate(zip(official, strict))]
+        return pd.DataFrame(rows)
+
+    both = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused"]))
+    official = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused", "--select", "official"]))
+    trade = scores([0.79, 0.795], [0.55, 0.54])  # a little lower officially, much higher strictly
+    assert lv.lever_deltas(trade).set_index("lever").loc[ctx, "official+strict all delta"] == pytest.approx(0.01875)
+    assert lv.helping_levers(both, trade) == ["context"] and lv.helping_levers(official, trade) == []
+    assert lv.helping_levers(both, scores([0.85, 0.86], [0.40, 0.41])) == []  # the mean falls
+
+
 def test_the_cell_classifier_weight_reaches_the_geometric_mean():
     lv = _levers()
     from wsss.schema import CELL_COLUMNS, PROB_COLUMNS

@@ -15,6 +15,7 @@ from wsss.postprocess import (
     DEFAULTS,
     PostParams,
     blend_with_image,
+    image_context,
     postprocess,
     small_cells,
     suppress_negative,
@@ -50,6 +51,23 @@ def test_each_step_by_hand():
     assert small_cells(cells(), 50, unit="px").tolist() == [False, False, True, True]
     with pytest.raises(EnsembleError, match="image-level row"):
         blend_with_image(cells(), images().iloc[:1], 0.7, 0.3)
+
+
+def test_image_context_by_hand():
+    base = cells()
+    base.loc[0, "p_2"], base.loc[1, "p_2"], base.loc[2, "p_2"] = 0.9, 0.3, 0.0  # image A's mean of p_2: 0.4
+    out = image_context(base, 0.5)
+    assert out["p_2"].tolist() == pytest.approx([0.9 * 0.4 ** 0.5, 0.3 * 0.4 ** 0.5, 0.0, 0.5 * 0.5 ** 0.5])
+    top = image_context(base, 1.0, agg="max")
+    assert top["p_2"].iloc[1] == pytest.approx(0.3 * 0.9) and top["p_2"].iloc[3] == pytest.approx(0.25)
+    # one factor per image and class: the order of an image's cells within a class is kept
+    assert np.argsort(out.loc[:2, "p_2"]).tolist() == np.argsort(base.loc[:2, "p_2"]).tolist()
+    assert postprocess(base, PostParams(context_power=0.5))["p_2"].tolist() == pytest.approx(out["p_2"].tolist())
+    assert PostParams(context_power=0.5).active == ["context x image mean^0.5"]
+    with pytest.raises(ConfigError, match="context.agg"):
+        PostParams(context_power=1.0, context_agg="median")
+    with pytest.raises(ConfigError, match="context.power"):
+        PostParams(context_power=-1.0)
 
 
 def test_pipeline_order_and_off_by_default():

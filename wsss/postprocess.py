@@ -1,18 +1,24 @@
-"""Post-processing of a combined per-cell table: image/cell blending, Negative suppression, border and
-small-cell down-weighting. Each step is a config key (``configs/ensemble.yaml``, section
+"""Post-processing of a combined per-cell table: image context, image/cell blending, Negative suppression,
+border and small-cell down-weighting. Each step is a config key (``configs/ensemble.yaml``, section
 ``postprocess``; ``wsss-ensemble --config ... --set postprocess.KEY=VALUE``), off by default.
 
 Applied in this order to the per-cell probabilities ``p_kc`` (cell ``k``, class ``c``) after the
 sources have been combined (:func:`wsss.ensemble.ensemble`):
 
-1. ``blend: {cell: a, image: b, method: mean}``: ``p_kc <- (a p_kc + b P_c) / (a + b)`` with ``P_c``
+1. ``context: {power: a, agg: mean}``: ``p_kc <- p_kc A_c^a`` with ``A_c`` the mean (``agg: max``: the
+   maximum) of ``p_c`` over the cells of the cell's image in the same table: the image's pooled evidence
+   for class ``c`` multiplies each cell's own (a product of experts, taken from the combined table
+   itself, where ``blend`` needs an image-level table). Every cell of an image gets the same factor per
+   class, so the order of an image's cells within a class is kept; the cells of different images are
+   reordered (cross-image ranking is what the ``strict`` protocol scores). ``power: 0`` (default) is off.
+2. ``blend: {cell: a, image: b, method: mean}``: ``p_kc <- (a p_kc + b P_c) / (a + b)`` with ``P_c``
    the image-level probability of the cell's image (an image-level table: ``images_stage1.parquet``
    of a Puzzle-CAM model, i.e. what the naive baseline gives every cell); ``method: geom`` is the
    weighted geometric mean instead (:func:`wsss.ensemble.combine`). ``image: 0`` (default) is off.
-2. ``negative_suppression: true``: ``p_kc <- p_kc (1 - p_k,18)`` for ``c != 18`` (18 = Negative).
-3. ``border: {factor: f}``: every class of a cell cut by the image edge (``is_border``) is
+3. ``negative_suppression: true``: ``p_kc <- p_kc (1 - p_k,18)`` for ``c != 18`` (18 = Negative).
+4. ``border: {factor: f}``: every class of a cell cut by the image edge (``is_border``) is
    multiplied by ``f`` (1 = off).
-4. ``small: {factor: f, area: t, unit: median|px}``: every class of a cell whose ``area`` (label-map
+5. ``small: {factor: f, area: t, unit: median|px}``: every class of a cell whose ``area`` (label-map
    pixels at the working scale) is below ``t`` times its image's median cell area (``unit:
    median``) or below ``t`` pixels (``unit: px``) is multiplied by ``f`` (``f = 1`` or ``t = 0``: off).
 
@@ -41,9 +47,11 @@ logger = logging.getLogger(__name__)
 NEGATIVE: int = 18
 BLEND_METHODS: tuple[str, ...] = ("mean", "geom")
 AREA_UNITS: tuple[str, ...] = ("median", "px")
+CONTEXT_AGGS: tuple[str, ...] = ("mean", "max")
 #: Defaults of the ``postprocess`` section (mirrored by ``configs/ensemble.yaml``): every step off.
 DEFAULTS: dict[str, Any] = {
     "postprocess": {
+        "context": {"power": 0.0, "agg": "mean"},
         "blend": {"cell": 1.0, "image": 0.0, "method": "mean"},
         "negative_suppression": False,
         "border": {"factor": 1.0},
@@ -56,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
 class PostParams:
     """The ``postprocess`` section as values (see the module doc)."""
 
+    context_power: float = 0.0
+    context_agg: str = "mean"
     blend_cell: float = 1.0
     blend_image: float = 0.0
     blend_method: str = "mean"
@@ -66,7 +76,7 @@ class PostParams:
     small_unit: str = "median"
 
     def __post_init__(self) -> None:
-        for name in ("blend_cell", "blend_image", "border_factor", "small_factor", "small_area"):
+        for name in ("context_power", "blend_cell", "blend_image", "border_factor", "small_factor", "small_area"):
             value = float(getattr(self, name))
             if not np.isfinite(value) or value < 0:
                 raise ConfigError(f"postprocess.{name.replace('_', '.', 1)} must be a number >= 0, got {value}")
@@ -74,6 +84,8 @@ class PostParams:
             raise ConfigError("postprocess.blend: cell + image weights must be > 0")
         if self.blend_method not in BLEND_METHODS:
             raise ConfigError(f"postprocess.blend.method must be one of {BLEND_METHODS}, got {self.blend_method!r}")
+        if self.context_agg not in CONTEXT_AGGS:
+            raise ConfigError(f"postprocess.context.agg must be one of {CONTEXT_AGGS}, got {self.context_agg!r}")
         if self.small_unit not in AREA_UNITS:
             raise ConfigError(f"postprocess.small.unit must be one of {AREA_UNITS}, got {self.small_unit!r}")
         if self.border_factor > 1 or self.small_factor > 1:
@@ -85,7 +97,8 @@ class PostParams:
         merged = _merged(cfg)
         check_config(merged, DEFAULTS)
         pp = merged["postprocess"]
-        return cls(blend_cell=float(pp["blend"]["cell"]), blend_image=float(pp["blend"]["image"]),
+        return cls(context_power=float(pp["context"]["power"]), context_agg=str(pp["context"]["agg"]),
+                   blend_cell=float(pp["blend"]["cell"]), blend_image=float(pp["blend"]["image"]),
                    blend_method=str(pp["blend"]["method"]), negative_suppression=bool(pp["negative_suppression"]),
                    border_factor=float(pp["border"]["factor"]), small_factor=float(pp["small"]["factor"]),
                    small_area=float(pp["small"]["area"]), small_unit=str(pp["small"]["unit"]))
@@ -99,6 +112,8 @@ class PostParams:
     def active(self) -> list[str]:
         """Names of the steps that change anything, in the order they are applied."""
         steps = []
+        if self.context_power > 0:
+            steps.append(f"context x image {self.context_agg}^{self.context_power:g}")
         if self.blend_image > 0:
             steps.append(f"blend cell {self.blend_cell:g} / image {self.blend_image:g} ({self.blend_method})")
         if self.negative_suppression:
@@ -128,6 +143,16 @@ def _with_probs(cells: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     out = cells.copy()
     out[PROB_COLUMNS] = probs
     return out
+
+
+def image_context(cells: pd.DataFrame, power: float, agg: str = "mean") -> pd.DataFrame:
+    """``p_kc * A_c ** power`` with ``A_c`` the ``agg`` (mean or max) of ``p_c`` over the cells of cell ``k``'s image."""
+    if agg not in CONTEXT_AGGS:
+        raise ConfigError(f"postprocess.context.agg must be one of {CONTEXT_AGGS}, got {agg!r}")
+    probs = _probs(cells)
+    groups = pd.DataFrame(probs).groupby(cells["image_id"].astype(str).to_numpy(), sort=False)
+    context = groups.transform(agg).to_numpy(dtype=np.float64)
+    return _with_probs(cells, probs * context ** float(power))
 
 
 def blend_with_image(cells: pd.DataFrame, images: pd.DataFrame, cell_weight: float = 0.7,
@@ -166,6 +191,8 @@ def downweight(cells: pd.DataFrame, rows: np.ndarray, factor: float) -> pd.DataF
 def postprocess(cells: pd.DataFrame, params: PostParams, images: pd.DataFrame | None = None) -> pd.DataFrame:
     """Apply the active steps of ``params`` in order (module doc); the table comes back unchanged when none is."""
     out = cells
+    if params.context_power > 0:
+        out = image_context(out, params.context_power, params.context_agg)
     if params.blend_image > 0:
         if images is None:
             raise EnsembleError("postprocess.blend.image > 0 needs an image-level table (wsss-ensemble --images)")
@@ -184,6 +211,6 @@ def postprocess(cells: pd.DataFrame, params: PostParams, images: pd.DataFrame | 
 
 
 __all__: Sequence[str] = [
-    "NEGATIVE", "BLEND_METHODS", "AREA_UNITS", "DEFAULTS", "PostParams", "default_config",
-    "blend_with_image", "suppress_negative", "small_cells", "downweight", "postprocess",
+    "NEGATIVE", "BLEND_METHODS", "AREA_UNITS", "CONTEXT_AGGS", "DEFAULTS", "PostParams", "default_config",
+    "image_context", "blend_with_image", "suppress_negative", "small_cells", "downweight", "postprocess",
 ]

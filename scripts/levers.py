@@ -20,11 +20,13 @@ and is skipped on a re-run, so a killed run resumes where it stopped):
 4. the table: mean and spread (sample standard deviation) over the seeds, then each lever's change
    against the plain ``ensemble`` (stage 1 + stage 2, geometric mean) per seed, with a verdict:
    ``helps`` when it is higher in every seed, ``hurts`` when lower in every seed, else ``no clear gain``;
-   ``helping levers`` is the ensemble with every lever whose verdict is ``helps`` on the mean of the
-   official and strict scores on all images (``--select both``, the default: the issue's goals weigh both
-   protocols; ``--select official``: ``helps`` officially and not ``hurts`` strictly), a lever that builds
-   on another (the pseudo rounds on the cell classifier) passing the same rule against it too (chosen on
-   the same data, so optimistic: confirm on another data seed, ``--data-seed``).
+   ``helping levers`` is the baseline with the levers a greedy forward selection chose: from the baseline,
+   add the lever whose gain is largest and holds in every seed, until none does; the gain is that of the
+   mean of the official and strict scores on all images (``--select both``, the default: the issue's goals
+   weigh both protocols) or the official one with the strict one not lower (``--select official``). A lever
+   is thereby measured with the ones chosen before it (the image context helps the cell classifier, not
+   the weak image model alone). Leaky levers (``LEAKY``: the OOF pseudo rounds) are never chosen. Chosen on
+   the same data, so optimistic: confirm on another data seed, ``--data-seed``.
 
 Methods: ``naive``, ``stage1``, ``stage2``, ``ensemble`` (the baseline), the TTA tables alone, then
 one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+image context``, ``+blend``, ``+negative
@@ -49,7 +51,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -142,6 +144,7 @@ class Levers:
     small_area: float = 0.5
     pseudo_rounds: int = 1
     pseudo_source: str = "cell"
+    pseudo_scheme: str = "oof"
     context_power: float = 0.5
     cell_weight: float = 8.0  # the cell classifier's weight in the geometric mean (stage 1 and stage 2: 1 each)
     rec: bool = True
@@ -150,6 +153,11 @@ class Levers:
 #: Teachers of the pseudo-label rounds (``--pseudo-source``): ``cell``, the previous round's cell classifier (D4
 #: table) alone; ``ensemble``, the OOF ensemble of stage 1, stage 2 and that classifier.
 PSEUDO_SOURCES: tuple[str, ...] = ("cell", "ensemble")
+#: How a round's teachers are trained (``--pseudo-scheme``): ``oof``, the previous round's out-of-fold models
+#: (cheap, but the student of fold k learns from models that saw fold k: leaky, :data:`LEAKY`); ``nested``,
+#: per pair of folds {j, k} one teacher trained on the other folds, so the targets of fold j for the student
+#: of fold k come from a model that never saw fold k (K(K-1)/2 teachers per round; needs >= 3 folds).
+PSEUDO_SCHEMES: tuple[str, ...] = ("oof", "nested")
 
 
 def positive(text: str) -> float:
@@ -185,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-source", choices=PSEUDO_SOURCES, default=Levers.pseudo_source,
                    help="teacher of each pseudo-label round: 'cell' (default), the previous cell classifier's OOF D4 "
                         "table; 'ensemble', the OOF ensemble of stage 1, stage 2 and that classifier")
+    p.add_argument("--pseudo-scheme", choices=PSEUDO_SCHEMES, default=Levers.pseudo_scheme,
+                   help="teachers of the pseudo rounds: 'oof' (default), the previous round's out-of-fold models "
+                        "(leaky: never chosen); 'nested', one teacher per pair of folds trained on the others, "
+                        "leak-free (K(K-1)/2 extra classifiers per round, >= 3 folds; cell source only)")
     p.add_argument("--context-power", type=positive, default=Levers.context_power,
                    help=f"the image-context lever: every probability times the mean over its image's cells to this "
                         f"power (postprocess.context; default {Levers.context_power:g})")
@@ -256,7 +268,8 @@ def run_from_args(args: argparse.Namespace) -> Run:
     small = [float(v) for v in args.small.split(",")]
     levers = Levers(scales=args.scales, blend_cell=blend[0], blend_image=blend[1], border_factor=args.border_factor,
                     small_factor=small[0], small_area=small[1], pseudo_rounds=args.pseudo_rounds,
-                    pseudo_source=args.pseudo_source, cell_weight=args.cell_weight, context_power=args.context_power,
+                    pseudo_source=args.pseudo_source,
+                    pseudo_scheme=args.pseudo_scheme, cell_weight=args.cell_weight, context_power=args.context_power,
                     rec=args.rec_lever)
     return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers,
                select=args.select)
@@ -331,13 +344,15 @@ def crop_side(size: int) -> int:
     return max(32, 16 * round(size / 4 / 16))
 
 
-def train_cell_model(run: Run, seed: int, fold: int, out: Path, targets: Path | None) -> None:
-    """``wsss-train --task cell`` of one fold on the run's label maps (soft per-cell ``targets`` if given)."""
+def train_cell_model(run: Run, seed: int, fold: int, out: Path, targets: Path | None, folds: Path | None = None
+                     ) -> None:
+    """``wsss-train --task cell`` of one fold (of ``folds``, default the run's) on the run's label maps (soft
+    per-cell ``targets`` if given)."""
     from wsss.cli.train import main as train_main
 
     b = run.budget
     argv = ["--config", str(ROOT / b.cell_config), "--task", "cell", "--fold", str(fold), "--cache", str(run.cache),
-            "--folds", str(run.folds), "--masks", str(run.seg), "--out", str(out), "--epochs", str(b.cell_epochs),
+            "--folds", str(folds or run.folds), "--masks", str(run.seg), "--out", str(out), "--epochs", str(b.cell_epochs),
             "--set", f"data.size={b.cell_size or crop_side(b.size)}", "--set", f"train.seed={seed}", "--quiet"]
     if targets is not None:
         argv += ["--soft-labels", str(targets)]
@@ -346,12 +361,13 @@ def train_cell_model(run: Run, seed: int, fold: int, out: Path, targets: Path | 
     call(train_main, argv)
 
 
-def infer(run: Run, stage: str, ckpt: Path, out: Path, fold: int, extra: Sequence[str]) -> None:
-    """``wsss-infer --stage STAGE`` on fold ``fold``'s validation ids."""
+def infer(run: Run, stage: str, ckpt: Path, out: Path, fold: int, extra: Sequence[str], folds: Path | None = None
+          ) -> None:
+    """``wsss-infer --stage STAGE`` on fold ``fold``'s validation ids (of ``folds``, default the run's)."""
     from wsss.cli.infer import main as infer_main
 
     argv = ["--stage", stage, "--ckpt", str(ckpt), "--images", str(run.cache), "--masks", str(run.seg),
-            "--out", str(out), "--fold", str(fold), "--folds", str(run.folds), "--workers", "0",
+            "--out", str(out), "--fold", str(fold), "--folds", str(folds or run.folds), "--workers", "0",
             *[a.replace("{scales}", run.levers.scales) for a in extra]]
     call(infer_main, argv, ok=(0, 1))
 
@@ -394,10 +410,11 @@ def cell_table_of(folder: Path) -> Path:
     return found[0]
 
 
-def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> tuple[Path, Path] | None:
-    """Train and run the cell classifier on every fold (soft ``targets`` from ``wsss-pseudo``, else the image
-    labels), plain and with ``--tta d4``; return its OOF per-cell tables (plain, d4), or None when the commands
-    are absent or fail (printed)."""
+def cell_classifier(run: Run, seed: int, name: str, targets: Path | Sequence[Path] | None
+                    ) -> tuple[Path, Path] | None:
+    """Train and run the cell classifier on every fold (soft ``targets`` from ``wsss-pseudo``, one table or one
+    per fold; else the image labels), plain and with ``--tta d4``; return its OOF per-cell tables (plain, d4), or
+    None when the commands are absent or fail (printed)."""
     if not (available("train") and available("infer")):
         print(f"[levers] {name}: skipped (wsss-train --task cell / wsss-infer --stage cell not available)", flush=True)
         return None
@@ -407,7 +424,8 @@ def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> tup
     try:
         for fold in range(run.budget.n_folds):
             step(run, f"seed{seed}/{name}/train{fold}",
-                 lambda f=fold: train_cell_model(run, seed, f, base / f"run_fold{f}", targets))
+                 lambda f=fold: train_cell_model(run, seed, f, base / f"run_fold{f}",
+                                                 targets[f] if isinstance(targets, Sequence) else targets))
             for tag, extra in CELL_VARIANTS.items():
                 step(run, f"seed{seed}/{name}/infer{tag}{fold}",
                      lambda f=fold, g=tag, e=extra: infer(run, "cell", base / f"run_fold{f}",
@@ -424,10 +442,67 @@ def cell_classifier(run: Run, seed: int, name: str, targets: Path | None) -> tup
         return None
 
 
+def pair_folds(folds: pd.DataFrame, j: int, k: int) -> pd.DataFrame:
+    """A folds table whose fold 0 is the union of folds ``j`` and ``k`` and whose other folds are renumbered
+    ``1..K-2`` in order: ``wsss-train --fold 0`` on it trains on every fold but ``j`` and ``k``."""
+    others = sorted(f for f in folds["fold"].unique() if f not in (j, k))
+    number = {j: 0, k: 0, **{f: i + 1 for i, f in enumerate(others)}}
+    out = folds.copy()
+    out["fold"] = out["fold"].map(number).astype(int)
+    return out
+
+
+def nested_teacher_table(pairs: Mapping[tuple[int, int], pd.DataFrame], folds: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The teacher table for the student of fold ``k``: for every other fold ``j`` the cells of fold ``j``'s
+    images from the teacher of the pair ``{j, k}`` (which trained on neither)."""
+    fold_of = dict(zip(folds["ID"].astype(str), folds["fold"].astype(int)))
+    parts = []
+    for j in sorted(set(fold_of.values()) - {k}):
+        cells = pairs[(min(j, k), max(j, k))]
+        parts.append(cells[cells["image_id"].astype(str).map(fold_of) == j])
+    return pd.concat(parts, ignore_index=True)
+
+
+def nested_targets(run: Run, seed: int) -> list[Path]:
+    """Leak-free soft targets of one pseudo round, one table per fold (``--pseudo-scheme nested``): per pair of
+    folds one cell classifier on the image labels trained on the other folds and run with ``--tta d4`` on the
+    pair's images (``OUT/seedS/nested1/pairJK``), then per fold ``k`` ``wsss-pseudo`` of
+    :func:`nested_teacher_table` (``targetsK``)."""
+    from wsss.cli.pseudo import main as pseudo_main  # type: ignore[import-not-found]
+    from wsss.data.folds import read_folds
+
+    n = run.budget.n_folds
+    if n < 3:
+        raise StepError(f"--pseudo-scheme nested needs at least 3 folds, the run has {n}")
+    folds = read_folds(run.folds)
+    base = run.seed_dir(seed) / "nested1"
+    base.mkdir(parents=True, exist_ok=True)
+    pairs: dict[tuple[int, int], pd.DataFrame] = {}
+    for j in range(n):
+        for k in range(j + 1, n):
+            csv, ckpt, out = base / f"folds_{j}{k}.csv", base / f"pair{j}{k}", base / f"pair{j}{k}_d4"
+            atomic_write_bytes(csv, pair_folds(folds, j, k).to_csv(index=False).encode())
+            step(run, f"seed{seed}/nested1/pair{j}{k}/train", lambda c=csv, o=ckpt: train_cell_model(
+                run, seed, 0, o, None, folds=c))
+            step(run, f"seed{seed}/nested1/pair{j}{k}/infer_d4", lambda c=csv, o=ckpt, d=out: infer(
+                run, "cell", o, d, 0, CELL_VARIANTS["_d4"], folds=c))
+            pairs[(j, k)] = read_cell_table(cell_table_of(out))
+    targets = []
+    for k in range(n):
+        table = base / f"teacher_for{k}.parquet"
+        nested_teacher_table(pairs, folds, k).to_parquet(table, index=False)
+        out = base / f"targets{k}"
+        step(run, f"seed{seed}/nested1/targets{k}",
+             lambda t=table, o=out: call(pseudo_main, [str(t), "--folds", str(run.folds), "--out", str(o)]))
+        targets.append(out / "cell_targets.parquet")
+    return targets
+
+
 def pseudo_name(run: Run, round_: int) -> str:
-    """Folder and step name of one pseudo-label round's targets (``pseudo1_cell``); its classifier's is
-    ``cell_`` + that."""
-    return f"pseudo{round_}_{run.levers.pseudo_source}"
+    """Folder and step name of one pseudo-label round's targets (``pseudo1_cell``, ``pseudo1_cell_nested``); its
+    classifier's is ``cell_`` + that."""
+    nested = "_nested" if run.levers.pseudo_scheme == "nested" else ""
+    return f"pseudo{round_}_{run.levers.pseudo_source}{nested}"
 
 
 def pseudo_targets(run: Run, seed: int, round_: int, table: Path) -> Path | None:
@@ -503,7 +578,8 @@ def lever_label(key: str, lv: Levers) -> str:
     return {"tta": "tta d4", "ms": "multi-scale", "context": f"image context (mean^{lv.context_power:g})", "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
             "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
             "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)", "cell": f"cell classifier x{lv.cell_weight:g}",
-            "pseudo": f"pseudo rounds ({lv.pseudo_rounds}, {lv.pseudo_source}) x{lv.cell_weight:g}",
+            "pseudo": f"pseudo rounds ({lv.pseudo_rounds}, {lv.pseudo_source}) x{lv.cell_weight:g}, "
+                      f"{'leaky' if lv.pseudo_scheme == 'oof' else 'nested'}",
             "rec": f"rec loss masked, w {REC_MAX_WEIGHT:g} ramped"}[key]
 
 
@@ -570,7 +646,15 @@ def pseudo_rounds(run: Run, seed: int, t: SeedTables) -> SeedTables:
     t.cell, t.cell_d4 = (read_cell_table(p) for p in cell)
     teacher = teacher_table(run, seed, t, "cell", cell[1])
     for round_ in range(1, run.levers.pseudo_rounds + 1):
-        targets = pseudo_targets(run, seed, round_, teacher)
+        targets: Path | list[Path] | None
+        if run.levers.pseudo_scheme == "nested":
+            try:
+                targets = nested_targets(run, seed) if available("pseudo") else None
+            except (StepError, SystemExit) as exc:
+                print(f"[levers] nested pseudo round: skipped ({exc})", flush=True)
+                targets = None
+        else:
+            targets = pseudo_targets(run, seed, round_, teacher)
         table = cell_classifier(run, seed, f"cell_{pseudo_name(run, round_)}", targets) if targets else None
         if table is None:
             break
@@ -608,8 +692,9 @@ def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
     if t.cell is not None:
         out["cell classifier"], out["cell classifier d4"] = t.cell, t.cell_d4
     for round_, (plain, d4) in enumerate(t.rounds, start=1):
-        out[f"cell classifier, pseudo round {round_}"] = plain
-        out[f"cell classifier, pseudo round {round_}, d4"] = d4
+        tag = "leaky" if lv.pseudo_scheme == "oof" else "nested"
+        out[f"cell classifier, pseudo round {round_} ({tag})"] = plain
+        out[f"cell classifier, pseudo round {round_}, d4 ({tag})"] = d4
     keys = present_levers(t)
     for key in keys:
         out[f"+{lever_label(key, lv)}"] = with_levers(t, {key}, lv)
@@ -651,43 +736,71 @@ def score_all(seed: int, preds: dict, truth: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: Levers that build on another one (a pseudo round replaces the cell classifier it starts from): besides the
-#: baseline, they must beat that lever to count as helping.
-BUILDS_ON: dict[str, str] = {"pseudo": "cell"}
+#: Levers whose out-of-fold scores are optimistic by construction, reported but never chosen: with
+#: ``--pseudo-scheme oof`` a pseudo round's student for fold k learns from targets that models trained on fold
+#: k's images wrote, so what those models learned from fold k's labels reaches the student (measured in
+#: docs/levers.md: a leak-free nested round on one fold gained nothing where the OOF round gained +0.067
+#: strict). ``--pseudo-scheme nested`` is not leaky (:func:`leaky_levers`).
+LEAKY: frozenset[str] = frozenset({"pseudo"})
 
 
-def helping_levers(run: Run, scores: pd.DataFrame) -> list[str]:
-    """The levers that helped in every seed by the run's rule (``run.select``, :data:`SELECTIONS`; verdicts of
-    :func:`lever_deltas`); a lever of :data:`BUILDS_ON` must also pass that rule against the lever it builds on
-    (printed when it does not)."""
-    labels = {f"+{lever_label(k, run.levers)}": k for k in LEVERS}
-
-    def passes(deltas: pd.DataFrame, name: str) -> bool:
-        row = deltas.loc[name]
-        if run.select == "both":
-            return row[f"{BOTH} verdict"] == "helps"
-        return row["official all verdict"] == "helps" and row["strict all verdict"] != "hurts"
-
-    deltas = lever_deltas(scores).set_index("lever")
-    keys = [labels[name] for name in deltas.index if name in labels and passes(deltas, name)]
-    for key, base in BUILDS_ON.items():
-        name, base_name = f"+{lever_label(key, run.levers)}", f"+{lever_label(base, run.levers)}"
-        if key in keys and base in keys and not passes(lever_deltas(scores, baseline=base_name).set_index("lever"),
-                                                       name):
-            print(f"[levers] {name}: left out of the helping levers (not better than {base_name} in every seed)",
-                  flush=True)
-            keys.remove(key)
-    return keys
+def leaky_levers(run: Run) -> frozenset[str]:
+    """The levers of :data:`LEAKY` that are leaky in this run (the pseudo rounds only with the ``oof`` scheme)."""
+    return LEAKY if run.levers.pseudo_scheme == "oof" else LEAKY - {"pseudo"}
 
 
-def evaluate_helping(run: Run, seed: int, paths: dict[str, Path], ids: list[str], keys: list[str]) -> pd.DataFrame:
-    """Scores of the ensemble with every helping lever on (selected on these same data: optimistic)."""
-    cached = run.seed_dir(seed) / f"scores_{scores_digest(run)}_helping_{'-'.join(keys) or 'none'}.csv"
+def gain(run: Run, current: pd.DataFrame, trial: pd.DataFrame) -> float | None:
+    """The mean gain of ``trial`` over ``current`` (rows per seed) by the run's rule (:data:`SELECTIONS`), or None
+    when it does not hold in every seed: ``both``, the mean of official and strict on all images higher;
+    ``official``, the official score higher and the strict one not lower in every seed."""
+    cur, new = current.set_index("seed").sort_index(), trial.set_index("seed").sort_index()
+    if run.select == "both":
+        delta = (metric(new, BOTH) - metric(cur, BOTH)).to_numpy(dtype=float)
+        return float(delta.mean()) if (delta > 0).all() else None
+    official = (new["official all"] - cur["official all"]).to_numpy(dtype=float)
+    strict = (new["strict all"] - cur["strict all"]).to_numpy(dtype=float)
+    return float(official.mean()) if (official > 0).all() and not (strict < 0).all() else None
+
+
+def select_levers(run: Run, candidates: Sequence[str], score_of: Callable[[frozenset[str]], pd.DataFrame]
+                  ) -> list[str]:
+    """Greedy forward selection of the ``helping levers``: from the baseline (no lever), add the candidate with
+    the largest :func:`gain` that holds in every seed, until none does. ``score_of(keys)`` gives the rows
+    (one per seed, :func:`summary_scores` columns) of the baseline with the levers ``keys`` on. Levers of
+    :data:`LEAKY` are never chosen (printed). A lever that replaces another when both are on (the pseudo rounds
+    replace the cell classifier in :func:`with_levers`) is thereby measured against it. Chosen on the same data
+    as the table: optimistic."""
+    leaky = leaky_levers(run)
+    for key in (k for k in candidates if k in leaky):
+        print(f"[levers] +{lever_label(key, run.levers)}: never chosen (its out-of-fold scores are leaky: see LEAKY)",
+              flush=True)
+    pool = [k for k in candidates if k not in leaky]
+    chosen: list[str] = []
+    current = score_of(frozenset())
+    while True:
+        best: tuple[float, str, pd.DataFrame] | None = None
+        for key in (k for k in pool if k not in chosen):
+            trial = score_of(frozenset([*chosen, key]))
+            g = gain(run, current, trial)
+            if g is not None and (best is None or g > best[0]):
+                best = (g, key, trial)
+        if best is None:
+            return chosen
+        chosen.append(best[1])
+        current = best[2]
+        print(f"[levers] chosen: +{lever_label(best[1], run.levers)} (mean gain {best[0]:+.4f} by --select "
+              f"{run.select})", flush=True)
+
+
+def combination_scores(run: Run, seed: int, tables: SeedTables, ids: list[str], keys: frozenset[str]) -> pd.DataFrame:
+    """Scores of the baseline with the levers ``keys`` on, for one seed (cached in
+    ``OUT/seedS/scores_DIGEST_helping_KEYS.csv``)."""
+    name = "-".join(k for k in LEVERS if k in keys) or "none"
+    cached = run.seed_dir(seed) / f"scores_{scores_digest(run)}_helping_{name}.csv"
     if cached.is_file():
         return pd.read_csv(cached)
     truth = truth_from_label_dir(run.synth, ids)
-    table = with_levers(seed_tables(run, seed, paths), set(keys), run.levers)
-    frame = score_all(seed, {HELPING: preds_from_cell_table(table)}, truth)
+    frame = score_all(seed, {HELPING: preds_from_cell_table(with_levers(tables, set(keys), run.levers))}, truth)
     atomic_write_bytes(cached, frame.to_csv(index=False).encode())
     return frame
 
@@ -710,6 +823,13 @@ def metric(scores: pd.DataFrame, key: str) -> pd.Series:
     if key == BOTH:
         return (scores["official all"] + scores["strict all"]) / 2
     return scores[key]
+
+
+def present_in(scores: pd.DataFrame, run: Run) -> list[str]:
+    """The levers scored alone in every seed of ``scores`` (their ``+label`` rows), in :data:`LEVERS` order."""
+    seeds = scores["seed"].nunique()
+    counts = scores["method"].value_counts()
+    return [k for k in LEVERS if counts.get(f"+{lever_label(k, run.levers)}", 0) == seeds]
 
 
 def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
@@ -806,7 +926,11 @@ def pseudo_part(run: Run, seed: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every step (resumable) and print the lever table."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pseudo_scheme == "nested" and (args.pseudo_rounds > 1 or args.pseudo_source != "cell"):
+        parser.error("--pseudo-scheme nested runs one round with --pseudo-source cell (its teachers are classifiers "
+                     "on the image labels)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run = run_from_args(args)
     if len(run.budget.seeds) < 2 and args.part == "all":
@@ -826,11 +950,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = {seed: run_seed(run, seed) for seed in run.budget.seeds}
             scores = pd.concat([evaluate_seed(run, seed, paths[seed], ids) for seed in run.budget.seeds],
                                ignore_index=True)
-            keys = helping_levers(run, scores)
-            print(f"[levers] levers that helped (official all, every seed; strict not hurt): "
+            tables: dict[int, SeedTables] = {}
+
+            def score_of(keys: frozenset[str]) -> pd.DataFrame:
+                for seed in run.budget.seeds:
+                    if seed not in tables:
+                        tables[seed] = seed_tables(run, seed, paths[seed])
+                return pd.concat([combination_scores(run, seed, tables[seed], ids, keys)
+                                  for seed in run.budget.seeds], ignore_index=True)
+
+            keys = select_levers(run, present_in(scores, run), score_of)
+            print(f"[levers] helping levers (greedy, --select {run.select}, every seed): "
                   f"{', '.join(lever_label(k, run.levers) for k in keys) or 'none'}", flush=True)
-            scores = pd.concat([scores, *[evaluate_helping(run, seed, paths[seed], ids, keys)
-                                          for seed in run.budget.seeds]], ignore_index=True)
+            scores = pd.concat([scores, score_of(frozenset(keys))], ignore_index=True)
     except StepError as exc:
         print(f"levers: error: {exc}", file=sys.stderr)
         return 1

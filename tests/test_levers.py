@@ -42,39 +42,57 @@ def test_aggregate_and_verdicts():
     assert deltas.loc["+b", "official all verdict"] == "no clear gain"
 
 
-def test_a_pseudo_round_must_also_beat_the_cell_classifier(capsys):
+def _scorer(table: dict[frozenset, tuple[list[float], list[float]]]):
+    """score_of for select_levers: keys -> (official per seed, strict per seed); calls are recorded."""
+    calls: list[frozenset] = []
+
+    def score_of(keys: frozenset) -> pd.DataFrame:
+        calls.append(keys)
+        official, strict = table[frozenset(keys)]
+        return pd.DataFrame([{"seed": k, "official all": o, "strict all": s_, "official all 0-17": o}
+                             for k, (o, s_) in enumerate(zip(official, strict))])
+
+    return score_of, calls
+
+
+def test_greedy_selection_measures_each_lever_with_the_ones_before_it(capsys):
     lv = _levers()
-    run = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused"]))
-    cell, pseudo = f"+{lv.lever_label('cell', run.levers)}", f"+{lv.lever_label('pseudo', run.levers)}"
-
-    def scores(pseudo_values: list[float]) -> pd.DataFrame:
-        rows = [{"seed": seed, "method": method, "official all": v, "strict all": v, "official all 0-17": v}
-                for method, values in {"ensemble": [0.5, 0.6], cell: [0.7, 0.8], pseudo: pseudo_values}.items()
-                for seed, v in enumerate(values)]
-        return pd.DataFrame(rows)
-
-    assert lv.helping_levers(run, scores([0.75, 0.85])) == ["cell", "pseudo"]
-    assert lv.helping_levers(run, scores([0.65, 0.75])) == ["cell"]  # above the baseline, below the classifier
-    assert "left out of the helping levers" in capsys.readouterr().out
-
-
-def test_select_both_weighs_the_two_protocols():
-    lv = _levers()
-    ctx = f"+{lv.lever_label('context', lv.Levers())}"
-
-    def scores(official: list[float], strict: list[float]) -> pd.DataFrame:
-        rows = [{"seed": k, "method": "ensemble", "official all": 0.8, "strict all": 0.5, "official all 0-17": 0.8}
-                for k in range(2)]
-        rows += [{"seed": k, "method": ctx, "official all": o, "strict all": s_, "official all 0-17": o}
-                 for k, (o, s_) in enumerate(zip(official, strict))]
-        return pd.DataFrame(rows)
-
     both = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused"]))
     official = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused", "--select", "official"]))
-    trade = scores([0.79, 0.795], [0.55, 0.54])  # a little lower officially, much higher strictly
-    assert lv.lever_deltas(trade).set_index("lever").loc[ctx, "official+strict all delta"] == pytest.approx(0.01875)
-    assert lv.helping_levers(both, trade) == ["context"] and lv.helping_levers(official, trade) == []
-    assert lv.helping_levers(both, scores([0.85, 0.86], [0.40, 0.41])) == []  # the mean falls
+    f = frozenset
+    table = {f(): ([0.80, 0.81], [0.40, 0.41]),
+             f({"cell"}): ([0.84, 0.85], [0.48, 0.49]),
+             f({"context"}): ([0.79, 0.80], [0.40, 0.41]),  # alone on the baseline: no gain
+             f({"small"}): ([0.805, 0.815], [0.40, 0.41]),
+             f({"cell", "context"}): ([0.835, 0.845], [0.52, 0.53]),  # with the classifier: strict up a lot
+             f({"cell", "small"}): ([0.845, 0.855], [0.48, 0.49]),
+             f({"cell", "context", "small"}): ([0.84, 0.85], [0.52, 0.53])}
+    score_of, _ = _scorer(table)
+    assert lv.select_levers(both, ["context", "small", "cell"], score_of) == ["cell", "context", "small"]
+    assert "chosen: +cell classifier x8" in capsys.readouterr().out
+    score_of, _ = _scorer(table)
+    assert lv.select_levers(official, ["context", "small", "cell"], score_of) == ["cell", "small"]
+    # a leaky lever is never tried, however good
+    table[f({"pseudo"})] = ([0.9, 0.9], [0.9, 0.9])
+    score_of, calls = _scorer(table)
+    assert lv.select_levers(both, ["small", "pseudo"], score_of) == ["small"]
+    assert all("pseudo" not in keys for keys in calls) and "are leaky" in capsys.readouterr().out
+
+
+def test_a_gain_must_hold_in_every_seed():
+    lv = _levers()
+    both = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused"]))
+    official = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused", "--select", "official"]))
+
+    def rows(official_: list[float], strict: list[float]) -> pd.DataFrame:
+        return pd.DataFrame([{"seed": k, "official all": o, "strict all": s_} for k, (o, s_) in
+                             enumerate(zip(official_, strict))])
+
+    base = rows([0.8, 0.8], [0.5, 0.5])
+    trade = rows([0.79, 0.795], [0.55, 0.54])  # a little lower officially, much higher strictly
+    assert lv.gain(both, base, trade) == pytest.approx(0.01875) and lv.gain(official, base, trade) is None
+    assert lv.gain(both, base, rows([0.85, 0.79], [0.5, 0.5])) is None  # one seed lower
+    assert lv.gain(official, base, rows([0.81, 0.82], [0.49, 0.51])) == pytest.approx(0.015)  # strict mixed: kept
 
 
 def test_the_cell_classifier_weight_reaches_the_geometric_mean():
@@ -110,6 +128,25 @@ def test_pseudo_teacher_and_names(tmp_path):
         lv.build_parser().parse_args(["--out", str(tmp_path), "--cell-weight", "0"])
 
 
+def test_nested_teachers_never_saw_the_students_fold():
+    lv = _levers()
+    folds = pd.DataFrame({"ID": [f"i{n}" for n in range(8)], "Label": "0", "fold": [0, 0, 1, 1, 2, 2, 3, 3]})
+    pair = lv.pair_folds(folds, 1, 3)
+    assert pair["fold"].tolist() == [1, 1, 0, 0, 2, 2, 0, 0]  # 1 and 3 held out together, the rest renumbered
+    # teacher of pair {j, k}: a table of every image it was run on, tagged with the pair
+    pairs = {(j, k): pd.DataFrame({"image_id": folds.loc[folds["fold"].isin([j, k]), "ID"], "pair": f"{j}{k}"})
+             for j in range(4) for k in range(j + 1, 4)}
+    table = lv.nested_teacher_table(pairs, folds, 2)
+    assert sorted(table["image_id"]) == ["i0", "i1", "i2", "i3", "i6", "i7"]  # every fold but 2
+    assert table.set_index("image_id")["pair"].to_dict() == {"i0": "02", "i1": "02", "i2": "12", "i3": "12",
+                                                              "i6": "23", "i7": "23"}
+    run = lv.run_from_args(lv.build_parser().parse_args(["--out", "unused", "--pseudo-scheme", "nested"]))
+    assert lv.pseudo_name(run, 1) == "pseudo1_cell_nested" and lv.leaky_levers(run) == frozenset()
+    assert "nested" in lv.lever_label("pseudo", run.levers)
+    with pytest.raises(SystemExit):
+        lv.main(["--out", "unused", "--pseudo-scheme", "nested", "--pseudo-rounds", "2"])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
@@ -130,7 +167,7 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "seed0/cell_pseudo1_cell/train0: done before, skipped" in printed and "seed0/train0 ..." in printed
     for needle in ("truth-broadcast", "oracle", "+tta d4", "+multi-scale", "+negative suppression", "all levers",
-                   "cell classifier", "cell classifier d4", "pseudo round 1, d4", "+pseudo rounds (1, cell) x8", "+cell classifier x8", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
+                   "cell classifier", "cell classifier d4", "pseudo round 1, d4 (leaky)", "+pseudo rounds (1, cell) x8, leaky", "+image context (mean^0.5)", "+cell classifier x8", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
         assert needle in printed, needle
     summary = pd.read_csv(out / "levers_summary.csv").set_index("method")
     assert summary.loc["oracle", "official all mean"] > summary.loc["naive", "strict all mean"]

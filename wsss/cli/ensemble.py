@@ -5,7 +5,7 @@ primary source's cells (and optionally a submission CSV). See :mod:`wsss.ensembl
 matching rules, the unmatched-cell policies and the methods.
 
 Post-processing (:mod:`wsss.postprocess`, section ``postprocess`` of ``configs/ensemble.yaml``, every
-step off by default): image/cell blending (needs ``--images``, image-level tables such as
+step off by default): image context, image/cell blending (needs ``--images``, image-level tables such as
 ``images_stage1.parquet``), Negative suppression, border and small-cell down-weighting, applied to
 the combined table in that order; the resolved section is written beside the output as
 ``{OUT stem}_config.yaml``.

@@ -46,6 +46,7 @@ value can be overridden (``--count``, ``--size``, ``--epochs`` ...). Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import logging
@@ -352,7 +353,8 @@ def train_cell_model(run: Run, seed: int, fold: int, out: Path, targets: Path | 
 
     b = run.budget
     argv = ["--config", str(ROOT / b.cell_config), "--task", "cell", "--fold", str(fold), "--cache", str(run.cache),
-            "--folds", str(folds or run.folds), "--masks", str(run.seg), "--out", str(out), "--epochs", str(b.cell_epochs),
+            "--folds", str(folds or run.folds), "--masks", str(run.seg), "--out", str(out),
+            "--epochs", str(b.cell_epochs),
             "--set", f"data.size={b.cell_size or crop_side(b.size)}", "--set", f"train.seed={seed}", "--quiet"]
     if targets is not None:
         argv += ["--soft-labels", str(targets)]
@@ -468,7 +470,6 @@ def nested_targets(run: Run, seed: int) -> list[Path]:
     folds one cell classifier on the image labels trained on the other folds and run with ``--tta d4`` on the
     pair's images (``OUT/seedS/nested1/pairJK``), then per fold ``k`` ``wsss-pseudo`` of
     :func:`nested_teacher_table` (``targetsK``)."""
-    from wsss.cli.pseudo import main as pseudo_main  # type: ignore[import-not-found]
     from wsss.data.folds import read_folds
 
     n = run.budget.n_folds
@@ -491,10 +492,7 @@ def nested_targets(run: Run, seed: int) -> list[Path]:
     for k in range(n):
         table = base / f"teacher_for{k}.parquet"
         nested_teacher_table(pairs, folds, k).to_parquet(table, index=False)
-        out = base / f"targets{k}"
-        step(run, f"seed{seed}/nested1/targets{k}",
-             lambda t=table, o=out: call(pseudo_main, [str(t), "--folds", str(run.folds), "--out", str(o)]))
-        targets.append(out / "cell_targets.parquet")
+        targets.append(pseudo_step(run, seed, f"nested1/targets{k}", table))
     return targets
 
 
@@ -505,22 +503,25 @@ def pseudo_name(run: Run, round_: int) -> str:
     return f"pseudo{round_}_{run.levers.pseudo_source}{nested}"
 
 
+def pseudo_step(run: Run, seed: int, name: str, table: Path) -> Path:
+    """The step ``seedS/NAME``: ``wsss-pseudo`` of the teacher ``table`` into ``OUT/seedS/NAME``; returns its
+    per-cell targets (raises :class:`StepError` or ``SystemExit`` when it fails)."""
+    from wsss.cli.pseudo import main as pseudo_main  # type: ignore[import-not-found]
+
+    out = run.seed_dir(seed) / name
+    step(run, f"seed{seed}/{name}",
+         lambda: call(pseudo_main, [str(table), "--folds", str(run.folds), "--out", str(out)]))
+    return out / "cell_targets.parquet"
+
+
 def pseudo_targets(run: Run, seed: int, round_: int, table: Path) -> Path | None:
     """``wsss-pseudo`` soft targets from an OOF per-cell ``table`` (the round's teacher), or None (printed) when
     absent or failing."""
-    if not available("pseudo"):
-        print(f"[levers] pseudo round {round_}: skipped (wsss-pseudo not available)", flush=True)
-        return None
-    from wsss.cli.pseudo import main as pseudo_main  # type: ignore[import-not-found]
-
-    out = run.seed_dir(seed) / pseudo_name(run, round_)
     try:
-        step(run, f"seed{seed}/{pseudo_name(run, round_)}",
-             lambda: call(pseudo_main, [str(table), "--folds", str(run.folds), "--out", str(out)]))
+        return pseudo_step(run, seed, pseudo_name(run, round_), table)
     except (StepError, SystemExit) as exc:
         print(f"[levers] pseudo round {round_}: skipped, wsss-pseudo failed ({exc})", flush=True)
         return None
-    return out / "cell_targets.parquet"
 
 
 # --------------------------------------------------------------------------- one seed
@@ -575,9 +576,11 @@ LEVERS: tuple[str, ...] = ("rec", "tta", "ms", "context", "blend", "negative", "
 
 def lever_label(key: str, lv: Levers) -> str:
     """The printed name of a lever."""
-    return {"tta": "tta d4", "ms": "multi-scale", "context": f"image context (mean^{lv.context_power:g})", "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
+    return {"tta": "tta d4", "ms": "multi-scale", "context": f"image context (mean^{lv.context_power:g})",
+            "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
             "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
-            "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)", "cell": f"cell classifier x{lv.cell_weight:g}",
+            "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)",
+            "cell": f"cell classifier x{lv.cell_weight:g}",
             "pseudo": f"pseudo rounds ({lv.pseudo_rounds}, {lv.pseudo_source}) x{lv.cell_weight:g}, "
                       f"{'leaky' if lv.pseudo_scheme == 'oof' else 'nested'}",
             "rec": f"rec loss masked, w {REC_MAX_WEIGHT:g} ramped"}[key]
@@ -645,11 +648,14 @@ def pseudo_rounds(run: Run, seed: int, t: SeedTables) -> SeedTables:
         return t
     t.cell, t.cell_d4 = (read_cell_table(p) for p in cell)
     teacher = teacher_table(run, seed, t, "cell", cell[1])
+    if run.levers.pseudo_rounds and not available("pseudo"):
+        print("[levers] pseudo rounds: skipped (wsss-pseudo not available)", flush=True)
+        return t
     for round_ in range(1, run.levers.pseudo_rounds + 1):
         targets: Path | list[Path] | None
         if run.levers.pseudo_scheme == "nested":
             try:
-                targets = nested_targets(run, seed) if available("pseudo") else None
+                targets = nested_targets(run, seed)
             except (StepError, SystemExit) as exc:
                 print(f"[levers] nested pseudo round: skipped ({exc})", flush=True)
                 targets = None
@@ -711,14 +717,15 @@ def scores_digest(run: Run) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def evaluate_seed(run: Run, seed: int, paths: dict[str, Path], ids: list[str]) -> pd.DataFrame:
-    """Scores of every method and both references for one seed (cached in ``OUT/seedS/scores_DIGEST.csv``)."""
+def evaluate_seed(run: Run, seed: int, tables: Callable[[], SeedTables], ids: list[str]) -> pd.DataFrame:
+    """Scores of every method and both references for one seed (cached in ``OUT/seedS/scores_DIGEST.csv``;
+    ``tables()`` gives the seed's tables, called only when the scores are not cached)."""
     cached = run.seed_dir(seed) / f"scores_{scores_digest(run)}.csv"
     if cached.is_file():
         print(f"[levers] seed {seed}: scores done before, read back", flush=True)
         return pd.read_csv(cached)
     truth = truth_from_label_dir(run.synth, ids)
-    preds = {name: preds_from_cell_table(table) for name, table in methods(run, seed_tables(run, seed, paths)).items()}
+    preds = {name: preds_from_cell_table(table) for name, table in methods(run, tables()).items()}
     preds.update(references(preds["stage1"], truth))
     frame = score_all(seed, preds, truth)
     atomic_write_bytes(cached, frame.to_csv(index=False).encode())
@@ -753,13 +760,12 @@ def gain(run: Run, current: pd.DataFrame, trial: pd.DataFrame) -> float | None:
     """The mean gain of ``trial`` over ``current`` (rows per seed) by the run's rule (:data:`SELECTIONS`), or None
     when it does not hold in every seed: ``both``, the mean of official and strict on all images higher;
     ``official``, the official score higher and the strict one not lower in every seed."""
-    cur, new = current.set_index("seed").sort_index(), trial.set_index("seed").sort_index()
+    cur, new = current.set_index("seed"), trial.set_index("seed")
     if run.select == "both":
-        delta = (metric(new, BOTH) - metric(cur, BOTH)).to_numpy(dtype=float)
-        return float(delta.mean()) if (delta > 0).all() else None
-    official = (new["official all"] - cur["official all"]).to_numpy(dtype=float)
-    strict = (new["strict all"] - cur["strict all"]).to_numpy(dtype=float)
-    return float(official.mean()) if (official > 0).all() and not (strict < 0).all() else None
+        delta = seed_deltas(cur, new, BOTH)
+        return float(delta.mean()) if verdict(delta) == "helps" else None
+    official, strict = seed_deltas(cur, new, "official all"), seed_deltas(cur, new, "strict all")
+    return float(official.mean()) if verdict(official) == "helps" and verdict(strict) != "hurts" else None
 
 
 def select_levers(run: Run, candidates: Sequence[str], score_of: Callable[[frozenset[str]], pd.DataFrame]
@@ -792,15 +798,16 @@ def select_levers(run: Run, candidates: Sequence[str], score_of: Callable[[froze
               f"{run.select})", flush=True)
 
 
-def combination_scores(run: Run, seed: int, tables: SeedTables, ids: list[str], keys: frozenset[str]) -> pd.DataFrame:
+def combination_scores(run: Run, seed: int, tables: Callable[[], SeedTables], ids: list[str], keys: frozenset[str]
+                       ) -> pd.DataFrame:
     """Scores of the baseline with the levers ``keys`` on, for one seed (cached in
-    ``OUT/seedS/scores_DIGEST_helping_KEYS.csv``)."""
+    ``OUT/seedS/scores_DIGEST_helping_KEYS.csv``; ``tables()`` is called only when they are not)."""
     name = "-".join(k for k in LEVERS if k in keys) or "none"
     cached = run.seed_dir(seed) / f"scores_{scores_digest(run)}_helping_{name}.csv"
     if cached.is_file():
         return pd.read_csv(cached)
     truth = truth_from_label_dir(run.synth, ids)
-    frame = score_all(seed, {HELPING: preds_from_cell_table(with_levers(tables, set(keys), run.levers))}, truth)
+    frame = score_all(seed, {HELPING: preds_from_cell_table(with_levers(tables(), set(keys), run.levers))}, truth)
     atomic_write_bytes(cached, frame.to_csv(index=False).encode())
     return frame
 
@@ -832,6 +839,16 @@ def present_in(scores: pd.DataFrame, run: Run) -> list[str]:
     return [k for k in LEVERS if counts.get(f"+{lever_label(k, run.levers)}", 0) == seeds]
 
 
+def seed_deltas(before: pd.DataFrame, after: pd.DataFrame, key: str) -> np.ndarray:
+    """Per seed, ``after`` minus ``before`` in :func:`metric` ``key`` (both frames indexed by seed)."""
+    return (metric(after, key) - metric(before.loc[after.index], key)).to_numpy(dtype=float)
+
+
+def verdict(delta: np.ndarray) -> str:
+    """``helps`` when every seed's change is above 0, ``hurts`` when every one is below, else ``no clear gain``."""
+    return "helps" if (delta > 0).all() else "hurts" if (delta < 0).all() else "no clear gain"
+
+
 def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """Per lever (``+...`` and ``all levers``) the mean change against ``baseline`` and the verdict per metric."""
     base = scores[scores["method"] == baseline].set_index("seed")
@@ -842,10 +859,9 @@ def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame
         this = scores[scores["method"] == name].set_index("seed")
         row: dict[str, object] = {"lever": name}
         for key in VERDICT_KEYS:
-            delta = (metric(this, key) - metric(base.loc[this.index], key)).to_numpy(dtype=float)
+            delta = seed_deltas(base.loc[this.index], this, key)
             row[f"{key} delta"] = float(np.mean(delta))
-            row[f"{key} verdict"] = ("helps" if (delta > 0).all() else "hurts" if (delta < 0).all()
-                                     else "no clear gain")
+            row[f"{key} verdict"] = verdict(delta)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -948,15 +964,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with show_progress():
             ids = prepare_data(run)
             paths = {seed: run_seed(run, seed) for seed in run.budget.seeds}
-            scores = pd.concat([evaluate_seed(run, seed, paths[seed], ids) for seed in run.budget.seeds],
-                               ignore_index=True)
-            tables: dict[int, SeedTables] = {}
+            read = functools.cache(lambda seed: seed_tables(run, seed, paths[seed]))  # once per seed, when needed
+            scores = pd.concat([evaluate_seed(run, seed, functools.partial(read, seed), ids)
+                                for seed in run.budget.seeds], ignore_index=True)
 
             def score_of(keys: frozenset[str]) -> pd.DataFrame:
-                for seed in run.budget.seeds:
-                    if seed not in tables:
-                        tables[seed] = seed_tables(run, seed, paths[seed])
-                return pd.concat([combination_scores(run, seed, tables[seed], ids, keys)
+                return pd.concat([combination_scores(run, seed, functools.partial(read, seed), ids, keys)
                                   for seed in run.budget.seeds], ignore_index=True)
 
             keys = select_levers(run, present_in(scores, run), score_of)

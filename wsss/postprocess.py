@@ -146,7 +146,8 @@ def _with_probs(cells: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
 
 
 def image_context(cells: pd.DataFrame, power: float, agg: str = "mean") -> pd.DataFrame:
-    """``p_kc * A_c ** power`` with ``A_c`` the ``agg`` (mean or max) of ``p_c`` over the cells of cell ``k``'s image."""
+    """``p_kc * A_c ** power`` with ``A_c`` the ``agg`` (mean or max) of ``p_c`` over the cells of cell ``k``'s
+    image."""
     if agg not in CONTEXT_AGGS:
         raise ConfigError(f"postprocess.context.agg must be one of {CONTEXT_AGGS}, got {agg!r}")
     probs = _probs(cells)

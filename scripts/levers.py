@@ -29,9 +29,10 @@ and is skipped on a re-run, so a killed run resumes where it stopped):
    the same data, so optimistic: confirm on another data seed, ``--data-seed``.
 
 Methods: ``naive``, ``stage1``, ``stage2``, ``ensemble`` (the baseline), the TTA tables alone, then
-one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+image context``, ``+blend``, ``+negative
-suppression``, ``+border``, ``+small``, ``+cell classifier``, ``+pseudo rounds``), ``all levers`` and
-``helping levers``.
+one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+image context`` at two powers,
+``--context-power`` and ``--context-power-strong``, whose powers add when both are on, ``+blend``, ``+negative
+suppression``, ``+border``, ``+small``, ``+cell classifier``, ``+pseudo rounds``), ``all levers`` (both context
+levers: the powers' sum) and ``helping levers``.
 Post-processing runs through :func:`wsss.postprocess.postprocess` (what ``wsss-ensemble --config``
 does). Budgets (``--budget``): ``test`` (seconds, the test suite), ``tiny`` (a few minutes),
 ``real`` (the measurement of the issue: 400 images at 384 px, variability 0.7, 4 folds -> 300
@@ -129,7 +130,7 @@ BUDGETS: dict[str, Budget] = {
     "test": Budget(count=16, size=128, variability=0.7, n_folds=2, epochs=1, seeds=(0, 1), batch_size=8, cell_epochs=1),
     "tiny": Budget(count=128, size=128, variability=0.7, n_folds=2, epochs=10, seeds=(0, 1), batch_size=8,
                    cell_epochs=6),
-    "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1), cell_size=64),
+    "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1), cell_size=96),
 }
 
 
@@ -147,6 +148,7 @@ class Levers:
     pseudo_source: str = "cell"
     pseudo_scheme: str = "oof"
     context_power: float = 0.5
+    context_power_strong: float = 2.0  # the second image-context lever (both on: the powers add)
     cell_weight: float = 8.0  # the cell classifier's weight in the geometric mean (stage 1 and stage 2: 1 each)
     rec: bool = True
 
@@ -169,6 +171,17 @@ def positive(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``scripts/levers.py``."""
     p = argparse.ArgumentParser(description="Measure each lever (TTA d4, multi-scale, blending, Negative suppression, "
@@ -182,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-folds", type=int, default=None, help="folds (default: the budget's)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: the budget's)")
     p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default: the budget's; >= 2)")
+    p.add_argument("--cell-size", type=positive_int, default=None,
+                   help="crop side of the cell classifier in px (default: the budget's, else a quarter of the field)")
+    p.add_argument("--cell-epochs", type=positive_int, default=None, help="cell classifier epochs (default: the budget's)")
     p.add_argument("--config", default=None, help="training config (default configs/cpu_demo.yaml)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the budget's)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data and the folds (default 0)")
@@ -201,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-power", type=positive, default=Levers.context_power,
                    help=f"the image-context lever: every probability times the mean over its image's cells to this "
                         f"power (postprocess.context; default {Levers.context_power:g})")
+    p.add_argument("--context-power-strong", type=positive, default=Levers.context_power_strong,
+                   help=f"the second image-context lever's power (default {Levers.context_power_strong:g}); with both "
+                        "image-context levers on, the powers add")
     p.add_argument("--select", choices=SELECTIONS, default="both",
                    help="how the helping levers are chosen: 'both' (default), the mean of the official and strict "
                         "scores on all images higher in every seed; 'official', the official score higher in every "
@@ -264,13 +283,15 @@ def run_from_args(args: argparse.Namespace) -> Run:
     budget = replace(b, count=args.count or b.count, size=args.size or b.size,
                      variability=b.variability if args.variability is None else args.variability,
                      n_folds=args.n_folds or b.n_folds, epochs=args.epochs or b.epochs, seeds=seeds,
-                     config=args.config or b.config, batch_size=args.batch_size or b.batch_size)
+                     config=args.config or b.config, batch_size=args.batch_size or b.batch_size,
+                     cell_size=args.cell_size or b.cell_size, cell_epochs=args.cell_epochs or b.cell_epochs)
     blend = [float(v) for v in args.blend.split(",")]
     small = [float(v) for v in args.small.split(",")]
     levers = Levers(scales=args.scales, blend_cell=blend[0], blend_image=blend[1], border_factor=args.border_factor,
                     small_factor=small[0], small_area=small[1], pseudo_rounds=args.pseudo_rounds,
                     pseudo_source=args.pseudo_source,
                     pseudo_scheme=args.pseudo_scheme, cell_weight=args.cell_weight, context_power=args.context_power,
+                    context_power_strong=args.context_power_strong,
                     rec=args.rec_lever)
     return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers,
                select=args.select)
@@ -571,12 +592,14 @@ def combined(tables: Sequence[pd.DataFrame], weights: Sequence[float] | None = N
 
 
 #: The levers, in the order they are reported (``cell`` and ``pseudo`` only when their commands exist).
-LEVERS: tuple[str, ...] = ("rec", "tta", "ms", "context", "blend", "negative", "border", "small", "cell", "pseudo")
+LEVERS: tuple[str, ...] = ("rec", "tta", "ms", "context", "context_strong", "blend", "negative", "border", "small",
+                           "cell", "pseudo")
 
 
 def lever_label(key: str, lv: Levers) -> str:
     """The printed name of a lever."""
     return {"tta": "tta d4", "ms": "multi-scale", "context": f"image context (mean^{lv.context_power:g})",
+            "context_strong": f"image context (mean^{lv.context_power_strong:g})",
             "blend": f"blend {lv.blend_cell:g}/{lv.blend_image:g}",
             "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
             "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)",
@@ -623,7 +646,8 @@ def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
     elif "cell" in chosen and t.cell is not None:
         sources.append(t.cell_d4 if tta else t.cell)
         weights.append(lv.cell_weight)
-    params = PostParams(context_power=lv.context_power if "context" in chosen else 0.0,
+    context = lv.context_power * ("context" in chosen) + lv.context_power_strong * ("context_strong" in chosen)
+    params = PostParams(context_power=context,
                         blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
                         blend_image=lv.blend_image if "blend" in chosen else 0.0,
                         negative_suppression="negative" in chosen,
@@ -947,6 +971,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pseudo_scheme == "nested" and (args.pseudo_rounds > 1 or args.pseudo_source != "cell"):
         parser.error("--pseudo-scheme nested runs one round with --pseudo-source cell (its teachers are classifiers "
                      "on the image labels)")
+    if args.context_power == args.context_power_strong:
+        parser.error(f"--context-power and --context-power-strong are both {args.context_power:g}: the two image-context "
+                     "levers need different powers")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run = run_from_args(args)
     if len(run.budget.seeds) < 2 and args.part == "all":

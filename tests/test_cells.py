@@ -119,13 +119,11 @@ def test_cell_training_writes_a_run_and_the_crop_store(trained: dict, synth: dic
     assert store.crop(index["image_id"][0], 0).shape == (32, 32, 4)
 
 
-@pytest.mark.slow
-def test_cell_training_resumes_exactly(synth: dict[str, Path], tmp_path: Path) -> None:
-    base = cell_config(synth, tmp_path / "a")
+def _resumed_equals_uninterrupted(base: dict, tmp_path: Path) -> tuple[dict, dict]:
+    """Train ``base`` (2 epochs) in one go into ``a`` and as 1 epoch + resume into ``b``; assert equal weights."""
     full = fit(copy.deepcopy(base), 0)
     part = copy.deepcopy(base)
-    part["train"]["out"] = str(tmp_path / "b")
-    part["train"]["epochs"] = 1
+    part["train"]["out"], part["train"]["epochs"] = str(tmp_path / "b"), 1
     fit(copy.deepcopy(part), 0)
     part["train"]["epochs"] = 2
     resumed = fit(copy.deepcopy(part), 0, resume=True)
@@ -133,6 +131,12 @@ def test_cell_training_resumes_exactly(synth: dict[str, Path], tmp_path: Path) -
     b = load_file(str(Path(resumed["out"]) / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["train_loss"] for r in full["history"]] == [r["train_loss"] for r in resumed["history"]]
+    return full, part
+
+
+@pytest.mark.slow
+def test_cell_training_resumes_exactly(synth: dict[str, Path], tmp_path: Path) -> None:
+    _resumed_equals_uninterrupted(cell_config(synth, tmp_path / "a"), tmp_path)
 
 
 def test_cell_task_needs_masks_and_matching_soft_labels(synth: dict[str, Path], tmp_path: Path) -> None:
@@ -180,6 +184,96 @@ def test_cell_training_from_soft_cell_targets(synth: dict[str, Path], tmp_path: 
     expected = keys.merge(table, on=["image_id", "cell_id"], how="left")[PROB_COLUMNS].to_numpy(np.float32)
     assert np.allclose(ds.targets, expected)
     assert np.isfinite(fit(cfg, 0)["history"][0]["train_loss"])
+
+
+# ---------------------------------------------------------------------------------------------- bags
+
+
+def test_pool_cells_lse_lies_between_mean_and_max_and_tends_to_both() -> None:
+    from wsss.losses import pool_cells
+
+    x = torch.randn(3, 5, 19, generator=torch.Generator().manual_seed(0))
+    mean, top = pool_cells(x, "mean"), pool_cells(x, "max")
+    lse = pool_cells(x, "lse", 5.0)
+    assert torch.all(lse >= mean - 1e-5) and torch.all(lse <= top + 1e-5)
+    assert torch.allclose(pool_cells(x, "lse", 1e-3), mean, atol=5e-3)
+    assert torch.allclose(pool_cells(x, "lse", 1e4), top, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pool_cells(x, "median")
+    with pytest.raises(ValueError, match="B x K x C"):
+        pool_cells(x[0], "max")
+
+
+def test_bag_loss_terms_and_weights() -> None:
+    from wsss.losses import bag_loss, bce_term
+
+    logits = torch.randn(2, 4, 19, requires_grad=True)
+    cells = (torch.rand(2, 4, 19) > 0.5).float()
+    image = cells.amax(dim=1)
+    terms = bag_loss(logits, cells, image, w_cell=0.5, w_bag=2.0, pool="max")
+    assert torch.isclose(terms.full, bce_term(logits, cells))
+    assert torch.isclose(terms.puzzle, bce_term(logits.amax(dim=1), image))
+    assert torch.isclose(terms.total, 0.5 * terms.full + 2.0 * terms.puzzle) and terms.rec == 0
+    # with max pooling and no cell term only the top cell of each bag and class gets a gradient
+    bag_loss(logits, cells, image, w_cell=0.0, w_bag=1.0, pool="max").total.backward()
+    assert int((logits.grad != 0).sum(dim=1).max()) == 1
+
+
+def test_bag_dataset_draws_cells_of_one_image(synth: dict[str, Path]) -> None:
+    from wsss.data.cells import CellBagDataset, CellCropDataset, bag_collate
+
+    store = CellCropStore(synth["root"] / "bagstore", CropParams(size=32), synth["seg"])
+    ids = sorted(p.stem for p in synth["seg"].glob("*.npz"))[:3]
+    assert not store.build(synth["cache"], ids, progress=False)
+    index = store.index(ids)
+    cell_y = np.random.default_rng(0).random((len(index), 19)).astype(np.float32)
+    cells = CellCropDataset(store, index, cell_y)
+    image_y = np.eye(19, dtype=np.float32)[:3]
+    k = int(index.groupby("image_id").size().max()) + 2  # more than any image has: every cell, then repeats
+    ds = CellBagDataset(cells, ids, image_y, k)
+    torch.manual_seed(0)
+    crops, targets = ds[1]
+    assert crops.shape == (k, 4, 32, 32) and targets.shape == (k + 1, 19)
+    assert torch.equal(targets[0], torch.from_numpy(image_y[1]))
+    rows = np.flatnonzero(index["image_id"].to_numpy() == ids[1])
+    chosen = [int(np.flatnonzero((cell_y[rows] == t.numpy()).all(axis=1))[0]) for t in targets[1:]]
+    assert set(chosen) == set(range(len(rows)))  # every cell of the image, then repeats of them
+    first = chosen[0]
+    assert torch.allclose(crops[0], cells[int(rows[first])][0])  # the crop of the cell whose target it carries
+    small = CellBagDataset(cells, ids, image_y, 2)
+    crops2, targets2 = bag_collate([small[0], small[2]])
+    assert crops2.shape == (4, 4, 32, 32) and targets2.shape == (2, 3, 19)
+    keep = (index["image_id"] != ids[0]).to_numpy()
+    with pytest.raises(ValueError, match="no cells"):
+        CellBagDataset(CellCropDataset(store, index[keep], cell_y[keep]), ids, image_y, 2)
+
+
+@pytest.mark.parametrize("bag, match", [({"size": -1}, "cells.bag.size"), ({"size": 4, "pool": "median"}, "cells.bag.pool"),
+                                        ({"size": 4, "lse_r": 0.0}, "cells.bag.lse_r"),
+                                        ({"size": 4, "w_cell": 0.0, "w_bag": 0.0}, "not both 0")])
+def test_bad_bag_settings_are_refused_before_any_work(bag: dict, match: str) -> None:
+    from wsss.train.data import bag_settings
+
+    with pytest.raises(TrainError, match=match):
+        bag_settings({"task": "cell", "cells": {"bag": bag}})
+    assert bag_settings({"task": "cell", "cells": {"bag": {"size": 0}}}) is None
+
+
+@pytest.mark.slow
+def test_cell_training_on_bags_resumes_exactly(synth: dict[str, Path], tmp_path: Path) -> None:
+    bags = {"size": 4, "pool": "lse", "lse_r": 5.0, "w_cell": 0.5, "w_bag": 1.0}
+    base = cell_config(synth, tmp_path / "a", batch_size=2, samples_per_epoch=4)
+    base["cells"]["bag"] = bags
+    full, part = _resumed_equals_uninterrupted(base, tmp_path)
+    hist = full["history"]
+    assert hist[0]["train_images"] == 16  # 4 bags of 4 cells
+    assert all(r["train_puzzle"] > 0 for r in hist)  # the bag term
+    assert np.allclose([r["train_loss"] for r in hist], [0.5 * r["train_full"] + r["train_puzzle"] for r in hist],
+                       rtol=1e-4)
+    single = copy.deepcopy(part)  # the same run resumed as single cells: refused
+    single["cells"]["bag"]["size"], single["train"]["epochs"] = 0, 3
+    with pytest.raises(TrainError, match="cells.bag.size 0"):
+        fit(single, 0, resume=True)
 
 
 # ---------------------------------------------------------------------------------------- inference

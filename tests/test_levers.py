@@ -112,6 +112,41 @@ def test_the_cell_classifier_weight_reaches_the_geometric_mean():
     assert heavy == pytest.approx((0.1 * 0.1 * 0.8 ** 8) ** (1 / 10), rel=1e-4) and heavy > equal
 
 
+def test_the_two_image_context_levers_add_their_powers():
+    lv = _levers()
+    from wsss.schema import CELL_COLUMNS, PROB_COLUMNS
+
+    def table(ps: list[float]) -> pd.DataFrame:
+        rows = [{"image_id": "a", "cell_id": k + 1, "source": "s", "fold": 0, "x0": 0, "y0": 0, "x1": 1, "y1": 1,
+                 "area": 10, "is_border": False, "orig_width": 8, "orig_height": 8, "mask_path": "m.npz",
+                 **dict.fromkeys(PROB_COLUMNS, p)} for k, p in enumerate(ps)]
+        return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+    base = table([0.2, 0.6])
+    tables = lv.SeedTables(stages={"s1_plain": base, "s2_plain": base}, images=pd.DataFrame())
+    levers = lv.Levers(context_power=0.5, context_power_strong=2.0)
+    mean = 0.4  # the image's mean of p over its two cells (both stages equal: the geometric mean is p)
+    for chosen, power in (({"context"}, 0.5), ({"context_strong"}, 2.0), ({"context", "context_strong"}, 2.5)):
+        out = lv.with_levers(tables, chosen, levers)["p_0"].to_numpy()
+        assert out == pytest.approx([0.2 * mean ** power, 0.6 * mean ** power], rel=1e-4), chosen
+    assert lv.lever_label("context_strong", levers) == "image context (mean^2)"
+
+
+def test_budget_overrides_and_bad_lever_options(tmp_path, capsys):
+    lv = _levers()
+    args = lv.build_parser().parse_args(["--out", str(tmp_path), "--budget", "real", "--cell-size", "128",
+                                         "--cell-epochs", "6"])
+    run = lv.run_from_args(args)
+    assert (run.budget.cell_size, run.budget.cell_epochs, run.budget.size) == (128, 6, 384)
+    assert lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path), "--budget", "real"])).budget.cell_size == 96
+    for bad, message in ((["--cell-size", "0"], "must be above 0"), (["--cell-epochs", "-2"], "must be above 0"),
+                         (["--context-power", "2"], "need different powers")):
+        with pytest.raises(SystemExit) as exc:
+            lv.main(["--out", str(tmp_path / "never"), *bad])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
 def test_pseudo_teacher_and_names(tmp_path):
     lv = _levers()
     run = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path)]))

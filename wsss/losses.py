@@ -14,6 +14,10 @@
 The cell classifier (``task: cell``) trains a plain classifier on single-cell crops:
 :func:`classifier_loss` is its BCE (soft targets allowed) in the same :class:`LossTerms` form
 (``full`` = the BCE, ``puzzle`` and ``rec`` zero), so both tasks share the training loop and logs.
+With bags (``cells.bag.size`` > 0, multiple-instance learning) :func:`bag_loss` adds the BCE of each
+bag's pooled prediction (:func:`pool_cells`: the K cells of one image merged into one image-level
+logit, as the puzzle term merges the tiles) against the image labels: ``full`` = the cells' BCE,
+``puzzle`` = the bag's BCE, ``rec`` zero.
 
 All terms are computed in float32 even under autocast. The pure functions below take tensors and
 return tensors; :class:`ComboLoss` is a thin module holding the weights.
@@ -22,6 +26,7 @@ return tensors; :class:`ComboLoss` is a thin module holding the weights.
 from __future__ import annotations
 
 import logging
+import math
 from typing import NamedTuple
 
 import torch
@@ -93,6 +98,44 @@ def classifier_loss(logits: torch.Tensor, targets: torch.Tensor) -> LossTerms:
     full = bce_term(logits, targets)
     zero = torch.zeros((), dtype=full.dtype, device=full.device)
     return LossTerms(full, full, zero, zero)
+
+
+POOLS: tuple[str, ...] = ("lse", "max", "mean")
+
+
+def pool_cells(logits: torch.Tensor, pool: str = "lse", r: float = 5.0) -> torch.Tensor:
+    """Image-level logits ``B x C`` of bags of cell logits ``B x K x C``.
+
+    ``max`` takes the most confident cell, ``mean`` averages the cells, ``lse`` is the smooth
+    maximum ``log(mean_k exp(r x_k)) / r`` (log-sum-exp pooling): ``r -> 0`` gives the mean, large
+    ``r`` the maximum. Computed in float32.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"pool_cells needs B x K x C logits, got shape {tuple(logits.shape)}")
+    x = logits.float()
+    if pool == "max":
+        return x.amax(dim=1)
+    if pool == "mean":
+        return x.mean(dim=1)
+    if pool == "lse":
+        if r <= 0:
+            raise ValueError(f"lse pooling needs r > 0, got {r}")
+        return (torch.logsumexp(r * x, dim=1) - math.log(x.shape[1])) / r
+    raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
+
+
+def bag_loss(cell_logits: torch.Tensor, cell_targets: torch.Tensor, image_targets: torch.Tensor,
+             w_cell: float = 1.0, w_bag: float = 1.0, pool: str = "lse", r: float = 5.0) -> LossTerms:
+    """Multiple-instance loss of bags of cells: ``w_cell * BCE(cells) + w_bag * BCE(pool_cells(cells), image)``.
+
+    ``cell_logits`` and ``cell_targets`` are ``B x K x C`` (the K cells of each of B images, hard or
+    soft targets), ``image_targets`` is ``B x C`` (the image labels). Returns :class:`LossTerms` with
+    ``full`` = the cells' BCE and ``puzzle`` = the bag's BCE (``rec`` zero).
+    """
+    cells = bce_term(cell_logits, cell_targets)
+    bag = bce_term(pool_cells(cell_logits, pool, r), image_targets)
+    zero = torch.zeros((), dtype=cells.dtype, device=cells.device)
+    return LossTerms(w_cell * cells + w_bag * bag, cells, bag, zero)
 
 
 class ComboLoss(nn.Module):

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from wsss.data.crops import CropParams, raw_crops
-from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD, HPADataset
+from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD, HPADataset, normalize
 from wsss.data.io import ImageReadError, read_rgby_png, resize_rgby
 from wsss.data.prepare import cache_path, run_jobs
 from wsss.fileio import atomic_write_bytes
@@ -181,9 +183,76 @@ class CellCropDataset(HPADataset):
         keys = [f"{i}#{c}" for i, c in zip(index["image_id"], index["cell_id"])]
         super().__init__(store.root, keys, targets, transform=transform, mean=mean, std=std)
         self.store = store
-        self._image_ids = [str(i) for i in index["image_id"]]
+        self.image_ids = [str(i) for i in index["image_id"]]  # the image of each item
         self._k = index["k"].to_numpy(dtype=np.int64)
 
     def load(self, index: int) -> np.ndarray:
         """The uint8 crop of item ``index``, before augmentation."""
-        return self.store.crop(self._image_ids[index], int(self._k[index]))
+        return self.store.crop(self.image_ids[index], int(self._k[index]))
+
+
+class CellBagDataset(Dataset):
+    """Bags of cells for multiple-instance training: item ``i`` is ``bag_size`` cells of image ``i``.
+
+    Each item is ``(crops, targets)``: ``crops`` is ``K x 4 x S x S`` (each crop read, augmented and
+    normalised by ``cells``, a :class:`CellCropDataset`) and ``targets`` is ``(K + 1) x 19``: row 0 the
+    image's labels, rows ``1..K`` the targets of the chosen cells. An image with at least ``K`` cells
+    gives ``K`` distinct cells drawn at random (torch's generator, seeded per epoch by the training
+    loop); one with fewer gives all of its cells, then repeats drawn from them. :func:`bag_collate`
+    stacks a batch of bags.
+
+    Args:
+        cells: the training cells with their (hard or soft) targets.
+        image_ids: the images, one item each (every one must have cells in ``cells``).
+        image_targets: ``len(image_ids) x 19`` image labels aligned with ``image_ids``.
+        bag_size: ``K`` cells per bag.
+    """
+
+    def __init__(self, cells: CellCropDataset, image_ids: Sequence[str], image_targets: np.ndarray,
+                 bag_size: int) -> None:
+        if bag_size < 1:
+            raise ValueError(f"bag_size must be at least 1, got {bag_size}")
+        if cells.targets is None:
+            raise ValueError("the cells of a bag dataset need targets")
+        self.cells = cells
+        self.transform = cells.transform  # seeded per worker by the training loop (wsss.train.data.worker_init)
+        self.ids = [str(i) for i in image_ids]
+        self.targets = np.asarray(image_targets, dtype=np.float32)
+        if self.targets.shape != (len(self.ids), cells.targets.shape[1]):
+            raise ValueError(f"image_targets must be {len(self.ids)} x {cells.targets.shape[1]}, "
+                             f"got {self.targets.shape}")
+        self.bag_size = int(bag_size)
+        groups = pd.Series(cells.image_ids).groupby(cells.image_ids).indices
+        missing = [i for i in self.ids if i not in groups]
+        if missing:
+            raise ValueError(f"{len(missing)} bag images have no cells (first: {missing[0]})")
+        self._rows = [np.asarray(groups[i], dtype=np.int64) for i in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def choose(self, index: int) -> np.ndarray:
+        """Items of ``cells`` (cells of image ``index``) that make up one draw of its bag."""
+        rows = self._rows[index]
+        order = rows[torch.randperm(len(rows)).numpy()]
+        if len(rows) >= self.bag_size:
+            return order[: self.bag_size]
+        extra = rows[torch.randint(len(rows), (self.bag_size - len(rows),)).numpy()]
+        return np.concatenate([order, extra])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self.cells[int(row)] for row in self.choose(index)]
+        crops = torch.stack([crop for crop, _ in items])
+        targets = torch.cat([torch.from_numpy(self.targets[index])[None], torch.stack([t for _, t in items])])
+        return crops, targets
+
+
+def bag_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of B bags of K cells as ``(B * K) x 4 x S x S`` crops (bag by bag) and ``B x (K + 1) x 19`` targets.
+
+    The crops come flat so that the training loop treats them like any batch of images (device,
+    memory format); the objective reshapes the logits back to ``B x K`` with the targets' shape.
+    """
+    crops = torch.cat([b[0] for b in batch])
+    targets = torch.stack([b[1] for b in batch])
+    return crops, targets

@@ -19,6 +19,13 @@ move between pseudo-label rounds. Loss targets:
   p_0..p_18``, on the same label maps) for ``task: cell`` (both written by ``wsss-pseudo``).
   Items the table lacks keep their image labels (counted in a warning).
 
+With ``cells.bag.size: K`` (> 0) the cell task trains on bags instead (multiple-instance learning,
+:class:`wsss.data.cells.CellBagDataset`): an item is K cells of one training image, the sampler
+balances images by their labels, ``train.batch_size`` counts bags (K crops each),
+``train.samples_per_epoch`` counts bags (default one per training image), and the loss
+(:func:`wsss.losses.bag_loss`) adds the BCE of the bag's pooled logits against the image labels
+to the cells' own BCE (``cells.bag.pool``, ``lse_r``, ``w_cell``, ``w_bag``). Validation stays per cell.
+
 Validation targets are always the image labels (for cells: broadcast to the image's cells), so
 validation scores stay comparable between runs with and without soft labels.
 """
@@ -27,7 +34,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +45,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from wsss.data.augment import build_transform, load_spec
-from wsss.data.cells import CellCropDataset, CellCropError, CellCropStore
+from wsss.data.cells import CellBagDataset, CellCropDataset, CellCropError, CellCropStore, bag_collate
 from wsss.data.classes import labels_to_matrix
 from wsss.data.crops import CropError, CropParams
 from wsss.data.dataset import HPADataset, channel_stats
 from wsss.data.folds import check_fold_numbers, read_folds
 from wsss.data.prepare import cache_path
 from wsss.data.sampler import BalancedSampler
+from wsss.losses import POOLS
 from wsss.schema import PROB_COLUMNS
 from wsss.tables import CellTableError, read_cell_table, read_image_table
 from wsss.train import ddp
+from wsss.train.defaults import DEFAULT_BAG
 
 logger = logging.getLogger(__name__)
 
@@ -144,13 +154,16 @@ def make_sampler(balance_y: np.ndarray, dataset: Dataset, t: Mapping[str, Any], 
 
 
 def make_loaders(train_ds: Dataset, val_ds: Dataset, sampler: Any, cfg: Mapping[str, Any], info: ddp.DistInfo,
-                 device: torch.device) -> tuple[DataLoader, DataLoader]:
-    """Training loader over ``sampler`` and this rank's share of the validation set."""
+                 device: torch.device, train_collate: Callable[[list], Any] | None = None
+                 ) -> tuple[DataLoader, DataLoader]:
+    """Training loader over ``sampler`` (batches stacked by ``train_collate``, default torch's) and this
+    rank's share of the validation set."""
     t = cfg["train"]
     batch = int(t["batch_size"])
     common = dict(num_workers=int(cfg["data"].get("num_workers", 0)), pin_memory=device.type == "cuda",
                   worker_init_fn=worker_init, persistent_workers=False)
-    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(sampler) >= batch, **common)
+    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(sampler) >= batch,
+                              collate_fn=train_collate, **common)
     val_part = Subset(val_ds, list(range(info.rank, len(val_ds), info.world_size)))
     val_loader = DataLoader(val_part, batch_size=int(t.get("val_batch_size") or batch), shuffle=False, **common)
     return train_loader, val_loader
@@ -260,6 +273,7 @@ def soft_cell_targets(path: Path, index: pd.DataFrame, hard: np.ndarray) -> np.n
 def build_cell_loaders(cfg: Mapping[str, Any], fold: int, info: ddp.DistInfo, device: torch.device) -> Loaders:
     """``task: cell``: loaders of single-cell crops (see the module doc); the crop store is built first."""
     d, t = cfg["data"], cfg["train"]
+    bag = bag_settings(cfg)  # checked before the crop store is cut
     train_ids, train_y, val_ids, val_y = split_ids(cfg, fold)
     mean, std = resolve_norm(d, train_ids)
     store = crop_store(cfg)
@@ -280,14 +294,67 @@ def build_cell_loaders(cfg: Mapping[str, Any], fold: int, info: ddp.DistInfo, de
     soft = _soft_path(d)
     targets = soft_cell_targets(soft, train_index, hard) if soft else hard
     cell_val_y = broadcast_labels(val_index, val_ids, val_y)
-    train_ds = CellCropDataset(store, train_index, targets, transform=make_transform(d.get("train_augment"), None),
-                               mean=mean, std=std)
+    train_tf = make_transform(d.get("train_augment"), None)
     val_ds = CellCropDataset(store, val_index, cell_val_y, transform=make_transform(d.get("val_augment"), None),
                              mean=mean, std=std)
-    sampler = make_sampler(hard, train_ds, t, info)
     logger.info("cells: %d training cells of %d images, %d validation cells of %d images (%s)", len(train_index),
                 train_index["image_id"].nunique(), len(val_index), val_index["image_id"].nunique(), store.root)
+    cells_ds = CellCropDataset(store, train_index, targets, transform=train_tf, mean=mean, std=std)
+    if bag is not None:
+        return (*_bag_loaders(cells_ds, train_ids, train_y, val_ds, bag, cfg, info, device), cell_val_y)
+    train_ds = cells_ds
+    sampler = make_sampler(hard, train_ds, t, info)
     return (*make_loaders(train_ds, val_ds, sampler, cfg, info, device), sampler, cell_val_y)
+
+
+@dataclass(frozen=True)
+class BagSettings:
+    """``cells.bag`` of a cell-task config, checked (:func:`bag_settings`)."""
+
+    size: int  # cells per bag (> 0)
+    pool: str  # lse | max | mean (wsss.losses.POOLS)
+    lse_r: float
+    w_cell: float
+    w_bag: float
+
+
+def _bag_loaders(cells: CellCropDataset, train_ids: list[str], train_y: np.ndarray, val_ds: Dataset,
+                 bag: BagSettings, cfg: Mapping[str, Any], info: ddp.DistInfo, device: torch.device
+                 ) -> tuple[DataLoader, DataLoader, Any]:
+    """Training loader of bags (one per training image with cells, balanced by the image labels), the validation
+    loader of single cells (``train.val_batch_size`` default: ``batch_size`` x the bag size) and the sampler."""
+    with_cells = set(cells.image_ids)
+    keep = [n for n, image_id in enumerate(train_ids) if image_id in with_cells]
+    bag_ids, bag_y = [train_ids[n] for n in keep], train_y[keep]
+    train_ds = CellBagDataset(cells, bag_ids, bag_y, bag.size)
+    sampler = make_sampler(bag_y, train_ds, cfg["train"], info)
+    t = {**cfg["train"], "val_batch_size": cfg["train"].get("val_batch_size") or int(cfg["train"]["batch_size"]) * bag.size}
+    logger.info("cells: bags of %d cells of one image (%d bags per epoch on this rank, %d per batch)", bag.size,
+                len(sampler), int(t["batch_size"]))
+    train_loader, val_loader = make_loaders(train_ds, val_ds, sampler, {**cfg, "train": t}, info, device, bag_collate)
+    return train_loader, val_loader, sampler
+
+
+def bag_settings(cfg: Mapping[str, Any]) -> BagSettings | None:
+    """The checked ``cells.bag`` section of ``cfg``, or ``None`` when ``size`` is 0 (single cells, the default).
+
+    Raises :class:`TrainError` naming the key for a negative size, an unknown pool, ``lse_r <= 0``, a negative
+    weight or both weights 0.
+    """
+    b = {**DEFAULT_BAG, **(((cfg.get("cells") or {}).get("bag")) or {})}
+    size = int(b["size"] or 0)
+    if size < 0:
+        raise TrainError(f"cells.bag.size must be 0 (off) or a number of cells per bag, got {size}")
+    if size == 0:
+        return None
+    bag = BagSettings(size, str(b["pool"]), float(b["lse_r"]), float(b["w_cell"]), float(b["w_bag"]))
+    if bag.pool not in POOLS:
+        raise TrainError(f"cells.bag.pool must be one of {', '.join(POOLS)}, got {bag.pool!r}")
+    if bag.pool == "lse" and bag.lse_r <= 0:
+        raise TrainError(f"cells.bag.lse_r must be above 0, got {bag.lse_r:g}")
+    if min(bag.w_cell, bag.w_bag) < 0 or bag.w_cell + bag.w_bag == 0:
+        raise TrainError(f"cells.bag.w_cell and w_bag must be >= 0 and not both 0, got {bag.w_cell:g} and {bag.w_bag:g}")
+    return bag
 
 
 def task_of(cfg: Mapping[str, Any]) -> str:

@@ -13,6 +13,9 @@ from typing import Any
 from wsss.config import TypeSpec, check_config
 from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
 
+#: ``cells.bag``: multiple-instance training of the cell classifier (wsss.train.data.bag_settings).
+DEFAULT_BAG: dict[str, Any] = {"size": 0, "pool": "lse", "lse_r": 5.0, "w_cell": 1.0, "w_bag": 1.0}
+
 DEFAULT_CONFIG: dict[str, Any] = {
     "name": "puzzlecam",
     "task": "image",  # image: Puzzle-CAM on whole images | cell: a classifier on single-cell crops
@@ -37,6 +40,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "antialias": True,
         "image_size": None,  # resize the cache image (longer side) before cutting; null = as cached
         "store": None,  # crop store folder (per-image .npy crops); null = {data.cache}_cellcrops
+        # multiple-instance training: items are bags of `size` cells of one image (0 = single cells);
+        # loss = w_cell * BCE(cells) + w_bag * BCE(pooled bag, image labels); pool lse | max | mean
+        "bag": dict(DEFAULT_BAG),
     },
     "model": {
         "name": "seresnext50_32x4d",

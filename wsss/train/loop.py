@@ -9,7 +9,8 @@ config's ``task`` picks the data and the objective, everything else is shared:
 * ``task: cell`` (the cell classifier): single-cell crops of the cell label maps, one plain
   forward pass and BCE against the cell targets (:class:`CellObjective`); the same network class
   (timm backbone with the 4-channel stem, 1x1-conv head, global mean), so its checkpoints load
-  like any other;
+  like any other; with ``cells.bag.size`` > 0 the items are bags of cells of one image and the loss
+  adds the BCE of each bag's pooled logits against its image labels (:class:`CellBagObjective`);
 * data (:mod:`wsss.train.data`): fold ``k`` is the validation set, the other folds train through
   the class-balanced sampler (:class:`wsss.data.sampler.BalancedSampler`); soft targets from
   ``data.soft_labels``;
@@ -47,13 +48,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss.config import save_config
-from wsss.losses import ComboLoss, LossTerms, classifier_loss, rec_weight
+from wsss.losses import ComboLoss, LossTerms, bag_loss, classifier_loss, rec_weight
 from wsss.metrics.image import chance_map, macro_f1, macro_map
 from wsss.models import PuzzleCAM, build_model
 from wsss.train import ddp
 from wsss.precision import AmpSettings, autocast, describe, make_scaler, resolve_channels_last, resolve_precision
 from wsss.train.checkpoint import load_resume_state, save_checkpoint
-from wsss.train.data import ITEM_NAMES, TrainError, build_cell_loaders, build_loaders, task_of, worker_init
+from wsss.train.data import (ITEM_NAMES, BagSettings, TrainError, bag_settings, build_cell_loaders, build_loaders,
+                              task_of, worker_init)
 from wsss.train.logs import TensorBoardLogger, plot_curves, write_history_csv
 
 logger = logging.getLogger(__name__)
@@ -143,13 +145,37 @@ class CellObjective:
         return classifier_loss(logits, targets), logits
 
 
+class CellBagObjective(CellObjective):
+    """``task: cell`` with ``cells.bag.size`` > 0: bags of K cells of one image (multiple-instance learning).
+
+    A batch is ``(B * K) x 4 x S x S`` crops with ``B x (K + 1) x 19`` targets (row 0 the image labels,
+    :func:`wsss.data.cells.bag_collate`); the loss is :func:`wsss.losses.bag_loss` with the weights and
+    pooling of ``bag``. Validation is per cell, as :class:`CellObjective` (its loss, the cells' BCE, is
+    therefore not the training loss).
+    """
+
+    def __init__(self, bag: BagSettings) -> None:
+        self.bag = bag
+
+    def train_terms(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, w_rec: float,
+                    amp: AmpSettings) -> LossTerms:
+        """Loss terms of a batch of bags (``w_rec`` unused)."""
+        bags, k = targets.shape[0], targets.shape[1] - 1
+        with autocast(amp):
+            logits = model(images)[0]
+        cell_logits = logits.reshape(bags, k, logits.shape[-1])
+        b = self.bag
+        return bag_loss(cell_logits, targets[:, 1:], targets[:, 0], b.w_cell, b.w_bag, b.pool, b.lse_r)
+
+
 Objective = PuzzleObjective | CellObjective
 
 
 def make_objective(cfg: Mapping[str, Any]) -> Objective:
-    """The objective of ``cfg['task']`` with the ``loss`` weights."""
+    """The objective of ``cfg['task']`` with the ``loss`` weights (for cells: ``cells.bag``)."""
     if task_of(cfg) == "cell":
-        return CellObjective()
+        bag = bag_settings(cfg)
+        return CellBagObjective(bag) if bag is not None else CellObjective()
     loss_cfg = cfg["loss"]
     return PuzzleObjective(ComboLoss(loss_cfg["w_full"], loss_cfg["w_puzzle"], loss_cfg["w_rec"],
                                      loss_cfg.get("rec_mask_by_labels", False)))
@@ -313,9 +339,26 @@ def _warn_restored(meta: Mapping[str, str], t: Mapping[str, Any], optimizer: tor
                        saved["samples_per_epoch"], getattr(sampler, "num_samples", "?"))
 
 
+def _check_same_items(meta: Mapping[str, str], cfg: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume a cell run whose items change kind (``cells.bag.size``: single cells or bags of another size):
+    the restored sampler state would count the wrong items."""
+    try:
+        saved = json.loads(meta.get("config") or "{}")
+    except (ValueError, AttributeError):
+        return
+    if task_of(cfg) != "cell" or task_of(saved) != "cell":
+        return
+    before, now = bag_settings(saved), bag_settings(cfg)
+    size_before, size_now = before.size if before else 0, now.size if now else 0
+    if size_before != size_now:
+        raise TrainError(f"{path}: cannot resume with cells.bag.size {size_now}: the run was trained with "
+                         f"{size_before} (0 = single cells); use another --out")
+
+
 def _resume(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     scaler: torch.amp.GradScaler, sampler: Any, t: Mapping[str, Any] | None = None,
+    cfg: Mapping[str, Any] | None = None,
 ) -> TrainState:
     sd, state, meta = load_resume_state(path)
     try:
@@ -327,6 +370,8 @@ def _resume(
             scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise TrainError(f"{path}: cannot resume this run with the current config ({str(exc).splitlines()[0]})") from None
+    if cfg is not None:
+        _check_same_items(meta, cfg, path)
     if state.get("sampler") and hasattr(sampler, "load_state_dict"):
         sampler.load_state_dict(state["sampler"])
     if t is not None:
@@ -490,15 +535,18 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
     objective = make_objective(cfg)
     unit = ITEM_NAMES[task]
 
-    state = _resume(resume_path, net, optimizer, scheduler, scaler, sampler, t) if resume_path else TrainState()
+    state = (_resume(resume_path, net, optimizer, scheduler, scaler, sampler, t, cfg) if resume_path
+             else TrainState())
     progress = bool(t.get("progress", True)) and info.is_main
     tb = TensorBoardLogger(out / "tensorboard", enabled=bool(t.get("tensorboard", True)) and info.is_main)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        logger.info("run %s: task %s, %s, fold %d, %d train / %d val %s, %d steps/epoch, %s on %s x%d",
-                    out, task, m["name"], fold, len(train_loader.dataset), len(val_y), unit, len(train_loader), amp.name,
-                    device, info.world_size)
+        bag = bag_settings(cfg) if task == "cell" else None
+        train_unit = f"bags of {bag.size} {unit}" if bag else unit
+        logger.info("run %s: task %s, %s, fold %d, %d train %s / %d val %s, %d steps/epoch, %s on %s x%d",
+                    out, task, m["name"], fold, len(train_loader.dataset), train_unit, len(val_y), unit,
+                    len(train_loader), amp.name, device, info.world_size)
     chance = chance_map(val_y)
     epochs = int(t["epochs"])
     threshold = float(t.get("f1_threshold", 0.5))

@@ -79,17 +79,20 @@ class _Oriented(_Pointwise):
             self.conv.weight[..., 0] += 1.0  # left-right asymmetric too
 
 
+# The exact comparisons below run the CAM passes in fp32: with precision auto an AMX CPU runs them in bf16.
+
+
 def test_d4_tta_of_an_equivariant_model_equals_the_plain_cam():
     model = _Pointwise().eval()
     x = torch.randn(2, 4, 16, 16)
-    p0, c0 = forward_cams(model, x)
-    p1, c1 = forward_cams(model, x, tta=D4_MODES)
+    p0, c0 = forward_cams(model, x, precision="32")
+    p1, c1 = forward_cams(model, x, tta=D4_MODES, precision="32")
     torch.testing.assert_close(c1, c0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(p1, p0, atol=1e-6, rtol=1e-6)
     for mode in D4_MODES:  # each view alone, brought back, is the plain CAM (a wrong inverse would differ)
-        _, cm = forward_cams(model, x, tta=(mode,))
+        _, cm = forward_cams(model, x, tta=(mode,), precision="32")
         torch.testing.assert_close(cm, c0, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(forward_probs(model, x, D4_MODES), p0, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(forward_probs(model, x, D4_MODES, precision="32"), p0, atol=1e-6, rtol=1e-6)
 
 
 def test_d4_tta_of_a_non_equivariant_model_averages_the_inverted_views():
@@ -100,13 +103,13 @@ def test_d4_tta_of_a_non_equivariant_model_averages_the_inverted_views():
         _, cams = model(apply_tta(x, mode))
         raw.append(invert_tta(cams, mode).clamp_min(0))
     expected = normalize_cams(torch.stack(raw).mean(0))
-    _, got = forward_cams(model, x, tta=D4_MODES)
+    _, got = forward_cams(model, x, tta=D4_MODES, precision="32")
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    _, plain = forward_cams(model, x)
+    _, plain = forward_cams(model, x, precision="32")
     assert not torch.allclose(got, plain, atol=1e-3)  # the transposed views do change this model's CAM
     # a D4-symmetric input: its transposed view is itself, so the view's CAM brought back is the transposed CAM
     sym = x + x.transpose(-2, -1)
-    _, c_t = forward_cams(model, sym, tta=("transpose",))
+    _, c_t = forward_cams(model, sym, tta=("transpose",), precision="32")
     _, c_plain = model(sym)
     expected_t = normalize_cams((c_plain.clamp_min(0) + c_plain.clamp_min(0).transpose(-2, -1)) / 2)
     torch.testing.assert_close(c_t, expected_t, atol=1e-5, rtol=1e-5)
@@ -115,8 +118,8 @@ def test_d4_tta_of_a_non_equivariant_model_averages_the_inverted_views():
 def test_non_square_input_with_transposes_runs_in_separate_batches():
     model = _Pointwise().eval()
     x = torch.randn(2, 4, 8, 12)
-    p0, c0 = forward_cams(model, x)
-    p1, c1 = forward_cams(model, x, tta=D4_MODES)
+    p0, c0 = forward_cams(model, x, precision="32")
+    p1, c1 = forward_cams(model, x, tta=D4_MODES, precision="32")
     assert c1.shape == c0.shape == (2, 19, 4, 6)
     torch.testing.assert_close(c1, c0, atol=1e-5, rtol=1e-5)
 
@@ -125,7 +128,7 @@ def test_multi_scale_cams_are_merged_at_the_base_size_before_normalisation():
     model = _Pointwise().eval()
     x = torch.randn(2, 4, 16, 16)
     scales = (0.5, 1.0, 1.5, 2.0)
-    probs, cams = forward_cams(model, x, scales=scales)
+    probs, cams = forward_cams(model, x, scales=scales, precision="32")
     assert cams.shape == (2, 19, 8, 8) and probs.shape == (2, 19)
     raw, logit = [], []
     for s in scales:
@@ -141,11 +144,13 @@ def test_multi_scale_cams_are_merged_at_the_base_size_before_normalisation():
     assert not torch.allclose(cams, per_scale, atol=1e-4)
     # a constant image gives the same CAM at every scale: multi-scale equals the plain pass
     flat = torch.full((1, 4, 16, 16), 0.3)
-    torch.testing.assert_close(forward_cams(model, flat, scales=scales)[1], forward_cams(model, flat)[1])
+    torch.testing.assert_close(forward_cams(model, flat, scales=scales, precision="32")[1],
+                               forward_cams(model, flat, precision="32")[1])
     # without scale 1 the base size is still the unscaled input's CAM size
-    assert forward_cams(model, x, scales=(0.5, 2.0))[1].shape == (2, 19, 8, 8)
+    assert forward_cams(model, x, scales=(0.5, 2.0), precision="32")[1].shape == (2, 19, 8, 8)
     # D4 and scales together: the equivariant model's views agree at each scale
-    torch.testing.assert_close(forward_cams(model, x, D4_MODES, scales=scales)[1], cams, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(forward_cams(model, x, D4_MODES, scales=scales, precision="32")[1], cams,
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_cli_tta_flag_keeps_the_old_form_and_takes_d4_and_scales():

@@ -883,7 +883,7 @@ def lever_deltas(scores: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame
         this = scores[scores["method"] == name].set_index("seed")
         row: dict[str, object] = {"lever": name}
         for key in VERDICT_KEYS:
-            delta = seed_deltas(base.loc[this.index], this, key)
+            delta = seed_deltas(base, this, key)
             row[f"{key} delta"] = float(np.mean(delta))
             row[f"{key} verdict"] = verdict(delta)
         rows.append(row)

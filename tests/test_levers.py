@@ -95,17 +95,19 @@ def test_a_gain_must_hold_in_every_seed():
     assert lv.gain(official, base, rows([0.81, 0.82], [0.49, 0.51])) == pytest.approx(0.015)  # strict mixed: kept
 
 
-def test_the_cell_classifier_weight_reaches_the_geometric_mean():
-    lv = _levers()
+def _cell_table(probs: list[float], area: int = 1) -> pd.DataFrame:
+    """A per-cell table of one image "a": cell k + 1 has every class probability ``probs[k]``."""
     from wsss.schema import CELL_COLUMNS, PROB_COLUMNS
 
-    def table(p: float) -> pd.DataFrame:
-        row = {"image_id": "a", "cell_id": 1, "source": "s", "fold": 0, "x0": 0, "y0": 0, "x1": 1, "y1": 1,
-               "area": 1, "is_border": False, "orig_width": 8, "orig_height": 8, "mask_path": "m.npz",
-               **dict.fromkeys(PROB_COLUMNS, p)}
-        return pd.DataFrame([row], columns=CELL_COLUMNS)
+    rows = [{"image_id": "a", "cell_id": k + 1, "source": "s", "fold": 0, "x0": 0, "y0": 0, "x1": 1, "y1": 1,
+             "area": area, "is_border": False, "orig_width": 8, "orig_height": 8, "mask_path": "m.npz",
+             **dict.fromkeys(PROB_COLUMNS, p)} for k, p in enumerate(probs)]
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
-    s1, s2, cell = table(0.1), table(0.1), table(0.8)
+
+def test_the_cell_classifier_weight_reaches_the_geometric_mean():
+    lv = _levers()
+    s1, s2, cell = _cell_table([0.1]), _cell_table([0.1]), _cell_table([0.8])
     equal = lv.combined([s1, s2, cell])["p_0"].iloc[0]
     heavy = lv.combined([s1, s2, cell], [1.0, 1.0, 8.0])["p_0"].iloc[0]
     assert equal == pytest.approx((0.1 * 0.1 * 0.8) ** (1 / 3), rel=1e-4)
@@ -114,15 +116,7 @@ def test_the_cell_classifier_weight_reaches_the_geometric_mean():
 
 def test_the_two_image_context_levers_add_their_powers():
     lv = _levers()
-    from wsss.schema import CELL_COLUMNS, PROB_COLUMNS
-
-    def table(ps: list[float]) -> pd.DataFrame:
-        rows = [{"image_id": "a", "cell_id": k + 1, "source": "s", "fold": 0, "x0": 0, "y0": 0, "x1": 1, "y1": 1,
-                 "area": 10, "is_border": False, "orig_width": 8, "orig_height": 8, "mask_path": "m.npz",
-                 **dict.fromkeys(PROB_COLUMNS, p)} for k, p in enumerate(ps)]
-        return pd.DataFrame(rows, columns=CELL_COLUMNS)
-
-    base = table([0.2, 0.6])
+    base = _cell_table([0.2, 0.6], area=10)
     tables = lv.SeedTables(stages={"s1_plain": base, "s2_plain": base}, images=pd.DataFrame())
     levers = lv.Levers(context_power=0.5, context_power_strong=2.0)
     mean = 0.4  # the image's mean of p over its two cells (both stages equal: the geometric mean is p)

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from wsss.data.crops import CropParams, raw_crops
-from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD, HPADataset, normalize
+from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD, HPADataset
 from wsss.data.io import ImageReadError, read_rgby_png, resize_rgby
 from wsss.data.prepare import cache_path, run_jobs
 from wsss.fileio import atomic_write_bytes

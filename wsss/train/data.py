@@ -302,9 +302,8 @@ def build_cell_loaders(cfg: Mapping[str, Any], fold: int, info: ddp.DistInfo, de
     cells_ds = CellCropDataset(store, train_index, targets, transform=train_tf, mean=mean, std=std)
     if bag is not None:
         return (*_bag_loaders(cells_ds, train_ids, train_y, val_ds, bag, cfg, info, device), cell_val_y)
-    train_ds = cells_ds
-    sampler = make_sampler(hard, train_ds, t, info)
-    return (*make_loaders(train_ds, val_ds, sampler, cfg, info, device), sampler, cell_val_y)
+    sampler = make_sampler(hard, cells_ds, t, info)
+    return (*make_loaders(cells_ds, val_ds, sampler, cfg, info, device), sampler, cell_val_y)
 
 
 @dataclass(frozen=True)
@@ -328,9 +327,10 @@ def _bag_loaders(cells: CellCropDataset, train_ids: list[str], train_y: np.ndarr
     bag_ids, bag_y = [train_ids[n] for n in keep], train_y[keep]
     train_ds = CellBagDataset(cells, bag_ids, bag_y, bag.size)
     sampler = make_sampler(bag_y, train_ds, cfg["train"], info)
-    t = {**cfg["train"], "val_batch_size": cfg["train"].get("val_batch_size") or int(cfg["train"]["batch_size"]) * bag.size}
+    batch = int(cfg["train"]["batch_size"])
+    t = {**cfg["train"], "val_batch_size": cfg["train"].get("val_batch_size") or batch * bag.size}
     logger.info("cells: bags of %d cells of one image (%d bags per epoch on this rank, %d per batch)", bag.size,
-                len(sampler), int(t["batch_size"]))
+                len(sampler), batch)
     train_loader, val_loader = make_loaders(train_ds, val_ds, sampler, {**cfg, "train": t}, info, device, bag_collate)
     return train_loader, val_loader, sampler
 

@@ -323,12 +323,20 @@ def resolve_hardware(t: dict[str, Any], device: torch.device, info: ddp.DistInfo
     return amp
 
 
-def _warn_restored(meta: Mapping[str, str], t: Mapping[str, Any], optimizer: torch.optim.Optimizer, sampler: Any) -> None:
-    """Warn when ``train.lr`` or ``train.samples_per_epoch`` differ from the run being resumed (its state wins)."""
+def _saved_config(meta: Mapping[str, str]) -> dict[str, Any]:
+    """The resolved config stored in a checkpoint's metadata (``{}`` when absent or unreadable)."""
     try:
-        saved = json.loads(meta.get("config") or "{}").get("train", {})
+        saved = json.loads(meta.get("config") or "{}")
     except (ValueError, AttributeError):
-        return
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _warn_restored(saved_cfg: Mapping[str, Any], t: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+                   sampler: Any) -> None:
+    """Warn when ``train.lr`` or ``train.samples_per_epoch`` differ from the run being resumed (``saved_cfg``, its
+    config; its state wins)."""
+    saved = saved_cfg.get("train") or {}
     if "lr" in saved and float(t["lr"]) != float(saved["lr"]):
         logger.warning("resume: train.lr %g differs from the resumed run's %g; the restored optimizer state wins "
                        "(lr now %g)", float(t["lr"]), float(saved["lr"]), optimizer.param_groups[0]["lr"])
@@ -339,14 +347,10 @@ def _warn_restored(meta: Mapping[str, str], t: Mapping[str, Any], optimizer: tor
                        saved["samples_per_epoch"], getattr(sampler, "num_samples", "?"))
 
 
-def _check_same_items(meta: Mapping[str, str], cfg: Mapping[str, Any], path: Path) -> None:
-    """Refuse to resume a cell run whose items change kind (``cells.bag.size``: single cells or bags of another size):
-    the restored sampler state would count the wrong items."""
-    try:
-        saved = json.loads(meta.get("config") or "{}")
-    except (ValueError, AttributeError):
-        return
-    if task_of(cfg) != "cell" or task_of(saved) != "cell":
+def _check_same_items(saved: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume a cell run (config ``saved``) whose items change kind (``cells.bag.size``: single cells or
+    bags of another size): the restored sampler state would count the wrong items."""
+    if not saved or task_of(cfg) != "cell" or task_of(saved) != "cell":
         return
     before, now = bag_settings(saved), bag_settings(cfg)
     size_before, size_now = before.size if before else 0, now.size if now else 0
@@ -370,12 +374,13 @@ def _resume(
             scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise TrainError(f"{path}: cannot resume this run with the current config ({str(exc).splitlines()[0]})") from None
+    saved = _saved_config(meta)
     if cfg is not None:
-        _check_same_items(meta, cfg, path)
+        _check_same_items(saved, cfg, path)
     if state.get("sampler") and hasattr(sampler, "load_state_dict"):
         sampler.load_state_dict(state["sampler"])
     if t is not None:
-        _warn_restored(meta, t, optimizer, sampler)
+        _warn_restored(saved, t, optimizer, sampler)
     ts = TrainState(epoch=int(state["epoch"]), global_step=int(state["global_step"]),
                     best_loss=float(state["best_loss"]), best_epoch=int(state["best_epoch"]),
                     history=list(state.get("history", [])))

@@ -130,7 +130,8 @@ BUDGETS: dict[str, Budget] = {
     "test": Budget(count=16, size=128, variability=0.7, n_folds=2, epochs=1, seeds=(0, 1), batch_size=8, cell_epochs=1),
     "tiny": Budget(count=128, size=128, variability=0.7, n_folds=2, epochs=10, seeds=(0, 1), batch_size=8,
                    cell_epochs=6),
-    "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1), cell_size=96),
+    "real": Budget(count=400, size=384, variability=0.7, n_folds=4, epochs=24, seeds=(0, 1), cell_size=96,
+                   cell_epochs=24),
 }
 
 

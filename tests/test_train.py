@@ -317,3 +317,45 @@ def test_auto_resolution_is_recorded_per_machine(monkeypatch: pytest.MonkeyPatch
     assert (t["resolved"]["precision"], t["resolved"]["autocast"], t["resolved"]["channels_last"]) == expect
     assert amp.canonical == expect[0]
     assert ("AMX" in t["resolved"]["why"]) == amx
+
+
+@pytest.mark.parametrize("select, expect", [("loss", 0.3), ("map", -0.6), ("ap", -0.6), ("last", -5.0)])
+def test_selection_score_is_lower_for_the_better_epoch(select: str, expect: float) -> None:
+    metric_name = "ap" if select == "ap" else "map"
+    assert ckpt.selection_score(select, 0.3, 0.6, 5, metric_name) == pytest.approx(expect)
+    assert ckpt.selection_score(select, 0.3, None, 5, metric_name) == (float("inf") if select in ("map", "ap")
+                                                                        else pytest.approx(expect))
+    with pytest.raises(ValueError, match="train.select must be loss, map or last, got 'ap'"):
+        ckpt.selection_score("ap", 0.3, 0.6, 5, "map")
+
+
+def test_an_unknown_select_is_refused_before_training(tmp_path: Path, data: tuple[Path, Path]) -> None:
+    from wsss.config import ConfigError
+    from wsss.train.defaults import check_train_config
+
+    cfg = tiny_config(tmp_path, *data, epochs=1, select="accuracy")
+    with pytest.raises(ConfigError, match="train.select must be one of loss, map, last, got 'accuracy'"):
+        check_train_config(cfg)
+    with pytest.raises(TrainError, match="train.select must be one of loss, map, last"):
+        fit(cfg, 0)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("select", ["map", "last"])
+def test_select_keeps_the_epoch_its_rule_names(tmp_path: Path, data: tuple[Path, Path], select: str) -> None:
+    summary = fit(tiny_config(tmp_path, *data, epochs=3, lr=2e-3, select=select), 0)
+    hist = summary["history"]
+    want = len(hist) if select == "last" else 1 + int(np.argmax([r["val_map"] for r in hist]))
+    assert summary["best_epoch"] == want and summary["select"] == select
+    assert int(read_metadata(Path(summary["out"]) / "best.safetensors")["epoch"]) == want
+    assert summary["best_val_loss"] == pytest.approx(hist[want - 1]["val_loss"])
+
+
+@pytest.mark.slow
+def test_resume_with_another_select_is_refused(tmp_path: Path, data: tuple[Path, Path]) -> None:
+    cfg = tiny_config(tmp_path, *data, epochs=1)
+    fit(copy.deepcopy(cfg), 0)
+    cfg["train"].update(epochs=2, select="last")
+    with pytest.raises(TrainError, match="cannot resume with train.select last: the run chose its best epoch by loss"):
+        fit(cfg, 0, resume=True)

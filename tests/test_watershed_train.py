@@ -151,3 +151,13 @@ def test_torchrun_two_processes_train_the_watershed_model(tiny: dict[str, Path],
     assert len(rows) == 1 and int(rows["train_images"].iloc[0]) == 4  # 4 training images split over 2 ranks
     assert np.isfinite(rows["train_total"].iloc[0])
     assert (tmp_path / "ws" / "best.safetensors").is_file() and (tmp_path / "ws" / "last.safetensors").is_file()
+
+
+def test_an_unknown_select_is_refused_before_training(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from wsss.train.loop import TrainError
+
+    cfg = tiny_config(tiny, tmp_path / "ws")
+    cfg["train"]["select"] = "map"
+    with pytest.raises(TrainError, match="train.select must be one of ap, loss, last, got 'map'"):
+        fit_watershed(cfg, 0)
+    assert not (tmp_path / "ws").exists()

@@ -40,6 +40,25 @@ from wsss.train.ddp import unwrap
 logger = logging.getLogger(__name__)
 
 
+def selection_score(select: str, loss: float, metric: float | None, epoch: int, metric_name: str) -> float:
+    """The score ``best`` minimises under ``train.select`` (``select``); lower is better.
+
+    The trainers share it: the classifier's metric is its macro mAP (``metric_name="map"``), the watershed
+    model's the cells' AP (``"ap"``). ``loss``: the validation loss; ``metric_name``: minus the metric, so the highest
+    metric wins; ``last``: minus the finished epoch count, so every epoch improves and ``best`` is the newest
+    model (no choice made on the validation fold). A metric that could not be computed (``None`` or NaN) scores
+    ``+inf`` and never improves.
+    """
+    if select == "loss":
+        return float(loss)
+    if select == "last":
+        return -float(epoch)
+    if select == metric_name:
+        value = float("nan") if metric is None else float(metric)
+        return -value if value == value else float("inf")
+    raise ValueError(f"train.select must be loss, {metric_name} or last, got {select!r}")
+
+
 def model_record(model: torch.nn.Module, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The record saved as ``model`` metadata: the model's own ``model_cfg``, else one built from ``cfg``."""
     record = getattr(unwrap(model), "model_cfg", None)

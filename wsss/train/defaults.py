@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from wsss.config import TypeSpec, check_config
+from wsss.config import ConfigError, TypeSpec, check_config
 from wsss.data.dataset import DEFAULT_MEAN, DEFAULT_STD
 
 #: ``cells.bag``: multiple-instance training of the cell classifier (wsss.train.data.bag_settings).
@@ -69,6 +69,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "weight_decay": 0.0,
         "scheduler": {"name": "plateau", "factor": 0.3, "patience": 8, "min_lr": 0.0},
         "sampler": "balanced",  # balanced | shuffle
+        # which epoch `best` keeps: loss (lowest val loss) | map (highest val macro mAP) | last (the newest epoch:
+        # nothing chosen on the validation fold, which the out-of-fold tables then score)
+        "select": "loss",
         "sampler_clip_class": 8,
         "samples_per_epoch": None,  # default: number of training images
         "precision": "auto",  # auto (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32) | 16 | bf16 | 32
@@ -111,9 +114,17 @@ CONFIG_TYPES: dict[str, TypeSpec] = {
 }
 
 
+#: Values of ``train.select`` (:func:`wsss.train.checkpoint.selection_score`, metric ``map``).
+SELECT_CHOICES: tuple[str, ...] = ("loss", "map", "last")
+
+
 def check_train_config(cfg: dict[str, Any]) -> None:
-    """Refuse unknown keys and mistyped values of a resolved training config (:class:`wsss.config.ConfigError`)."""
+    """Refuse unknown keys, mistyped values and an unknown ``train.select`` of a resolved training config
+    (:class:`wsss.config.ConfigError`)."""
     check_config(cfg, DEFAULT_CONFIG, CONFIG_TYPES)
+    select = cfg.get("train", {}).get("select", "loss")
+    if select not in SELECT_CHOICES:
+        raise ConfigError(f"train.select must be one of {', '.join(SELECT_CHOICES)}, got {select!r}")
 
 
 def default_config() -> dict[str, Any]:

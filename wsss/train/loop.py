@@ -17,13 +17,15 @@ config's ``task`` picks the data and the objective, everything else is shared:
 * every epoch validates: the loss with the configured weights (never the warmed-up ones),
   macro F1 at ``train.f1_threshold`` and macro mAP of ``sigmoid(logits)`` (per image, or per cell
   against its image's labels);
-  ReduceLROnPlateau steps on the validation loss, and ``best`` is the epoch with the lowest
-  validation ComboLoss;
+  ReduceLROnPlateau steps on the validation loss; ``best`` is the epoch ``train.select`` picks: the
+  lowest validation loss (``loss``, the default), the highest validation macro mAP (``map``) or the
+  newest epoch (``last``: nothing is chosen on the validation fold);
 * after every epoch ``last`` (with its resume state) and, when improved, ``best`` are saved,
   the CSV/PNG logs rewritten.
 
 Exact resume: the checkpoint holds weights, optimizer, scheduler, GradScaler, sampler state,
-epoch and step counters, the best score and the history. Random streams are re-seeded at the
+epoch and step counters, the best score (the :func:`~wsss.train.checkpoint.selection_score` of
+``train.select``, lower is better; a resume with another ``train.select`` is refused) and the history. Random streams are re-seeded at the
 start of every epoch from ``(seed, epoch, rank)`` (torch, numpy, python, the augmentation
 pipeline, and through the torch seed the DataLoader workers), so epoch ``e`` draws the same
 samples and augmentations whether or not the run was interrupted before it. Checkpoints are
@@ -53,9 +55,10 @@ from wsss.metrics.image import chance_map, macro_f1, macro_map
 from wsss.models import PuzzleCAM, build_model
 from wsss.train import ddp
 from wsss.precision import AmpSettings, autocast, describe, make_scaler, resolve_channels_last, resolve_precision
-from wsss.train.checkpoint import load_resume_state, save_checkpoint
+from wsss.train.checkpoint import load_resume_state, save_checkpoint, selection_score
 from wsss.train.data import (ITEM_NAMES, BagSettings, TrainError, bag_settings, build_cell_loaders, build_loaders,
                               task_of, worker_init)
+from wsss.train.defaults import SELECT_CHOICES
 from wsss.train.logs import TensorBoardLogger, plot_curves, write_history_csv
 
 logger = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ class TrainState:
 
     epoch: int = 0  # finished epochs
     global_step: int = 0
-    best_loss: float = math.inf
+    best_loss: float = math.inf  # the best selection score (train.select), lower is better; the val loss under "loss"
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -347,6 +350,22 @@ def _warn_restored(saved_cfg: Mapping[str, Any], t: Mapping[str, Any], optimizer
                        saved["samples_per_epoch"], getattr(sampler, "num_samples", "?"))
 
 
+def _loss_at(state: TrainState) -> float | None:
+    """The validation loss of the best epoch, from the history (``None`` before the first epoch)."""
+    rows = [r for r in state.history if int(r.get("epoch", -1)) == state.best_epoch]
+    return float(rows[-1]["val_loss"]) if rows else None
+
+
+def _check_same_select(saved: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume a run (config ``saved``) with another ``train.select``: its best score and ``best`` weights
+    were chosen by the old rule."""
+    before = (saved.get("train") or {}).get("select", "loss") if saved else None
+    now = cfg.get("train", {}).get("select", "loss")
+    if before is not None and before != now:
+        raise TrainError(f"{path}: cannot resume with train.select {now}: the run chose its best epoch by {before}; "
+                         "use another --out")
+
+
 def _check_same_items(saved: Mapping[str, Any], cfg: Mapping[str, Any], path: Path) -> None:
     """Refuse to resume a cell run (config ``saved``) whose items change kind (``cells.bag.size``: single cells or
     bags of another size): the restored sampler state would count the wrong items."""
@@ -376,6 +395,7 @@ def _resume(
         raise TrainError(f"{path}: cannot resume this run with the current config ({str(exc).splitlines()[0]})") from None
     saved = _saved_config(meta)
     if cfg is not None:
+        _check_same_select(saved, cfg, path)
         _check_same_items(saved, cfg, path)
     if state.get("sampler") and hasattr(sampler, "load_state_dict"):
         sampler.load_state_dict(state["sampler"])
@@ -384,7 +404,7 @@ def _resume(
     ts = TrainState(epoch=int(state["epoch"]), global_step=int(state["global_step"]),
                     best_loss=float(state["best_loss"]), best_epoch=int(state["best_epoch"]),
                     history=list(state.get("history", [])))
-    logger.info("resumed %s at epoch %d (step %d, best val loss %.4f at epoch %d)",
+    logger.info("resumed %s at epoch %d (step %d, best score %.4f at epoch %d)",
                 path, ts.epoch, ts.global_step, ts.best_loss, ts.best_epoch)
     return ts
 
@@ -507,6 +527,9 @@ def run_on_device(cfg: dict[str, Any], fold: int, resume: bool | str | Path, bod
 def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.DistInfo, device: torch.device,
          amp: AmpSettings) -> dict[str, Any]:
     t = cfg["train"]
+    select = str(t.get("select", "loss"))
+    if select not in SELECT_CHOICES:
+        raise TrainError(f"train.select must be one of {', '.join(SELECT_CHOICES)}, got {select!r}")
     out = resolve_out_dir(cfg, fold)
     cfg["train"]["fold"] = fold
     cfg["train"]["out"] = str(out)
@@ -574,9 +597,10 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
             "train_img_per_s": tr.images / max(tr.seconds, 1e-9), "epoch_seconds": tr.seconds + va.seconds,
         }
         state.history.append(row)
-        improved = va.loss < state.best_loss
+        score = selection_score(select, va.loss, row["val_map"], state.epoch, "map")
+        improved = score < state.best_loss
         if improved:
-            state.best_loss, state.best_epoch = va.loss, state.epoch
+            state.best_loss, state.best_epoch = score, state.epoch
         if info.is_main:
             if improved:
                 save_checkpoint(out, "best", net, cfg, state.epoch, va.loss)
@@ -593,7 +617,8 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
     tb.close()
     last_row = state.history[-1] if state.history else {}
     return {
-        "out": str(out), "epochs": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
+        "out": str(out), "epochs": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": _loss_at(state),
+        "select": str(t.get("select", "loss")),
         "val_map": last_row.get("val_map"), "val_f1": last_row.get("val_f1"), "val_map_chance": chance,
         "history": state.history,
     }

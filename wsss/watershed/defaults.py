@@ -52,7 +52,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "batch_size": 4,
         "val_batch_size": 1,
         "val_images": 8,  # validation images (loss and AP@0.6 after the watershed) every epoch; null = all
-        "select": "ap",  # best checkpoint: highest val AP ("ap") or lowest val loss ("loss")
+        "select": "ap",  # best checkpoint: highest val AP (ap), lowest val loss (loss) or the newest epoch (last)
         "lr": 2.0e-3,
         "betas": [0.9, 0.999],
         "weight_decay": 0.0,
@@ -70,6 +70,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "resolved": None,
     },
 }
+
+
+#: Values of ``train.select`` (:func:`wsss.train.checkpoint.selection_score`, metric ``ap``).
+SELECT_CHOICES: tuple[str, ...] = ("ap", "loss", "last")
 
 
 def default_config() -> dict[str, Any]:

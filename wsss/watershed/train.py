@@ -10,7 +10,7 @@ the per-epoch re-seeding of :func:`~wsss.train.loop.seed_everything`), DDP under
 
 Validation every epoch, on the first ``train.val_images`` validation images (all when null): the
 loss terms and the cells' AP@0.6 after the watershed (no TTA), pooled over the images. ``best`` is the epoch with the
-highest AP (``train.select: ap``) or the lowest validation loss (``select: loss``); the resume
+highest AP (``train.select: ap``), the lowest validation loss (``select: loss``) or the newest (``last``); the resume
 state's ``best_loss`` holds the selection score, lower is better (``-AP`` for ``ap``).
 """
 
@@ -33,14 +33,14 @@ from wsss.data.folds import read_folds
 from wsss.masks import greedy_match, label_iou
 from wsss.precision import AmpSettings, autocast, make_scaler
 from wsss.train import ddp
-from wsss.train.checkpoint import save_checkpoint
+from wsss.train.checkpoint import save_checkpoint, selection_score
 from wsss.train.logs import write_history_csv, plot_curves
 from wsss.train.loop import (
     TrainError, TrainState, _resume, _resume_state, _worker_init, build_optimizer, epoch_seed,
     resolve_out_dir, resolve_resume, run_on_device, seed_everything,
 )
 from wsss.watershed.data import WatershedDataset, cell_probabilities
-from wsss.watershed.defaults import FORMAT
+from wsss.watershed.defaults import FORMAT, SELECT_CHOICES
 from wsss.watershed.losses import TERMS, watershed_loss
 from wsss.watershed.model import WatershedNet, build_watershed_model, model_kwargs
 from wsss.watershed.postprocess import postprocess
@@ -182,6 +182,9 @@ def fit_watershed(cfg: dict[str, Any], fold: int, resume: bool | str | Path = Fa
 def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.DistInfo, device: torch.device,
          amp: AmpSettings) -> dict[str, Any]:
     t = cfg["train"]
+    select = str(t.get("select", "ap"))
+    if select not in SELECT_CHOICES:
+        raise TrainError(f"train.select must be one of {', '.join(SELECT_CHOICES)}, got {select!r}")
     out = resolve_out_dir({**cfg, "model": {**cfg["model"], "name": cfg["model"]["encoder"]}}, fold)
     t["fold"], t["out"] = fold, str(out)
     resume_path = resolve_resume(out, resume)
@@ -218,7 +221,6 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
                     out, cfg["model"]["encoder"], fold, len(train_ds), len(val_ds), len(train_loader), amp.name,
                     device, info.world_size)
     epochs = int(t["epochs"])
-    select = str(t.get("select", "ap"))
     for epoch in range(state.epoch, epochs):
         seed_everything(epoch_seed(seed, epoch, info.rank))
         sampler.set_epoch(epoch)
@@ -237,7 +239,7 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
         row.update({"val_ap": ap, "train_images": n_img, "train_img_per_s": n_img / max(tr_s, 1e-9),
                     "epoch_seconds": tr_s + va_s})
         state.history.append(row)
-        score = -ap if select == "ap" else va["total"]
+        score = selection_score(select, va["total"], ap, state.epoch, "ap")
         improved = score < state.best_loss
         if improved:
             state.best_loss, state.best_epoch = score, state.epoch

@@ -336,7 +336,7 @@ def test_an_unknown_select_is_refused_before_training(tmp_path: Path, data: tupl
     cfg = tiny_config(tmp_path, *data, epochs=1, select="accuracy")
     with pytest.raises(ConfigError, match="train.select must be one of loss, map, last, got 'accuracy'"):
         check_train_config(cfg)
-    with pytest.raises(TrainError, match="train.select must be one of loss, map, last"):
+    with pytest.raises(ConfigError, match="train.select must be one of loss, map, last"):
         fit(cfg, 0)
     assert not (tmp_path / "run").exists()
 

@@ -154,10 +154,10 @@ def test_torchrun_two_processes_train_the_watershed_model(tiny: dict[str, Path],
 
 
 def test_an_unknown_select_is_refused_before_training(tiny: dict[str, Path], tmp_path: Path) -> None:
-    from wsss.train.loop import TrainError
+    from wsss.config import ConfigError
 
     cfg = tiny_config(tiny, tmp_path / "ws")
     cfg["train"]["select"] = "map"
-    with pytest.raises(TrainError, match="train.select must be one of ap, loss, last, got 'map'"):
+    with pytest.raises(ConfigError, match="train.select must be one of ap, loss, last, got 'map'"):
         fit_watershed(cfg, 0)
     assert not (tmp_path / "ws").exists()

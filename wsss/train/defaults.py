@@ -118,13 +118,19 @@ CONFIG_TYPES: dict[str, TypeSpec] = {
 SELECT_CHOICES: tuple[str, ...] = ("loss", "map", "last")
 
 
+def check_select(select: object, choices: tuple[str, ...] = SELECT_CHOICES) -> str:
+    """``train.select`` as a string, or :class:`wsss.config.ConfigError` when it is not one of ``choices`` (the
+    watershed trainer passes its own)."""
+    if select not in choices:
+        raise ConfigError(f"train.select must be one of {', '.join(choices)}, got {select!r}")
+    return str(select)
+
+
 def check_train_config(cfg: dict[str, Any]) -> None:
     """Refuse unknown keys, mistyped values and an unknown ``train.select`` of a resolved training config
     (:class:`wsss.config.ConfigError`)."""
     check_config(cfg, DEFAULT_CONFIG, CONFIG_TYPES)
-    select = cfg.get("train", {}).get("select", "loss")
-    if select not in SELECT_CHOICES:
-        raise ConfigError(f"train.select must be one of {', '.join(SELECT_CHOICES)}, got {select!r}")
+    check_select(cfg.get("train", {}).get("select", "loss"))
 
 
 def default_config() -> dict[str, Any]:

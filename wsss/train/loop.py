@@ -58,7 +58,7 @@ from wsss.precision import AmpSettings, autocast, describe, make_scaler, resolve
 from wsss.train.checkpoint import load_resume_state, save_checkpoint, selection_score
 from wsss.train.data import (ITEM_NAMES, BagSettings, TrainError, bag_settings, build_cell_loaders, build_loaders,
                               task_of, worker_init)
-from wsss.train.defaults import SELECT_CHOICES
+from wsss.train.defaults import check_select
 from wsss.train.logs import TensorBoardLogger, plot_curves, write_history_csv
 
 logger = logging.getLogger(__name__)
@@ -527,9 +527,7 @@ def run_on_device(cfg: dict[str, Any], fold: int, resume: bool | str | Path, bod
 def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.DistInfo, device: torch.device,
          amp: AmpSettings) -> dict[str, Any]:
     t = cfg["train"]
-    select = str(t.get("select", "loss"))
-    if select not in SELECT_CHOICES:
-        raise TrainError(f"train.select must be one of {', '.join(SELECT_CHOICES)}, got {select!r}")
+    select = check_select(t.get("select", "loss"))
     out = resolve_out_dir(cfg, fold)
     cfg["train"]["fold"] = fold
     cfg["train"]["out"] = str(out)

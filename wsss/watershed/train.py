@@ -34,6 +34,7 @@ from wsss.masks import greedy_match, label_iou
 from wsss.precision import AmpSettings, autocast, make_scaler
 from wsss.train import ddp
 from wsss.train.checkpoint import save_checkpoint, selection_score
+from wsss.train.defaults import check_select
 from wsss.train.logs import write_history_csv, plot_curves
 from wsss.train.loop import (
     TrainError, TrainState, _resume, _resume_state, _worker_init, build_optimizer, epoch_seed,
@@ -182,9 +183,7 @@ def fit_watershed(cfg: dict[str, Any], fold: int, resume: bool | str | Path = Fa
 def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.DistInfo, device: torch.device,
          amp: AmpSettings) -> dict[str, Any]:
     t = cfg["train"]
-    select = str(t.get("select", "ap"))
-    if select not in SELECT_CHOICES:
-        raise TrainError(f"train.select must be one of {', '.join(SELECT_CHOICES)}, got {select!r}")
+    select = check_select(t.get("select", "ap"), SELECT_CHOICES)
     out = resolve_out_dir({**cfg, "model": {**cfg["model"], "name": cfg["model"]["encoder"]}}, fold)
     t["fold"], t["out"] = fold, str(out)
     resume_path = resolve_resume(out, resume)

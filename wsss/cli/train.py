@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank != 0:
         return EXIT_OK
     print(f"wsss-train: {summary['epochs']} epochs -> {summary['out']}  best epoch {summary['best_epoch']} "
-          f"(by {summary.get('select', 'loss')}; val loss {_num(summary['best_val_loss'])})  last val macro mAP {_num(summary['val_map'])} "
+          f"(by {summary['select']}; val loss {_num(summary['best_val_loss'])})  "
+          f"last val macro mAP {_num(summary['val_map'])} "
           f"(chance {_num(summary['val_map_chance'])})  macro F1 {_num(summary['val_f1'])}")
     return EXIT_OK
 

@@ -25,11 +25,12 @@ config's ``task`` picks the data and the objective, everything else is shared:
 
 Exact resume: the checkpoint holds weights, optimizer, scheduler, GradScaler, sampler state,
 epoch and step counters, the best score (the :func:`~wsss.train.checkpoint.selection_score` of
-``train.select``, lower is better; a resume with another ``train.select`` is refused) and the history. Random streams are re-seeded at the
-start of every epoch from ``(seed, epoch, rank)`` (torch, numpy, python, the augmentation
-pipeline, and through the torch seed the DataLoader workers), so epoch ``e`` draws the same
-samples and augmentations whether or not the run was interrupted before it. Checkpoints are
-written at epoch ends; a run killed mid-epoch restarts that epoch.
+``train.select``, lower is better; a resume with another ``train.select`` is refused) and the
+history. Random streams are re-seeded at the start of every epoch from ``(seed, epoch, rank)``
+(torch, numpy, python, the augmentation pipeline, and through the torch seed the DataLoader
+workers), so epoch ``e`` draws the same samples and augmentations whether or not the run was
+interrupted before it. Checkpoints are written at epoch ends; a run killed mid-epoch restarts that
+epoch.
 """
 
 from __future__ import annotations
@@ -616,7 +617,7 @@ def _fit(cfg: dict[str, Any], fold: int, resume: bool | str | Path, info: ddp.Di
     last_row = state.history[-1] if state.history else {}
     return {
         "out": str(out), "epochs": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": _loss_at(state),
-        "select": str(t.get("select", "loss")),
+        "select": select,
         "val_map": last_row.get("val_map"), "val_f1": last_row.get("val_f1"), "val_map_chance": chance,
         "history": state.history,
     }

@@ -31,7 +31,10 @@ and is skipped on a re-run, so a killed run resumes where it stopped):
 Methods: ``naive``, ``stage1``, ``stage2``, ``ensemble`` (the baseline), the TTA tables alone, then
 one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+image context`` at two powers,
 ``--context-power`` and ``--context-power-strong``, whose powers add when both are on, ``+blend``, ``+negative
-suppression``, ``+border``, ``+small``, ``+cell classifier``, ``+pseudo rounds``), ``all levers`` (both context
+suppression``, ``+border``, ``+small``, ``+cell classifier`` (crops augmented with the D4 flips only,
+``configs/augment/d4.yaml``), ``+cell classifier augmented`` (a second classifier trained with
+``--cell-augment``, default ``configs/augment/cell.yaml``: D4, small affine moves, brightness, contrast and
+gamma; with both on, the two classifiers are averaged in, each at the cell weight), ``+pseudo rounds``), ``all levers`` (both context
 levers: the powers' sum) and ``helping levers``.
 Post-processing runs through :func:`wsss.postprocess.postprocess` (what ``wsss-ensemble --config``
 does). Budgets (``--budget``): ``test`` (seconds, the test suite), ``tiny`` (a few minutes),
@@ -83,7 +86,7 @@ logger = logging.getLogger("levers")
 BASELINE = "ensemble"
 HELPING = "helping levers"
 #: Bumped when the methods scored change, so cached scores of an older script are not reused.
-SCORES_VERSION = 4
+SCORES_VERSION = 5
 #: The metrics a verdict looks at (keys of :func:`summary_scores`).
 BOTH = "official+strict all"
 VERDICT_KEYS: tuple[str, ...] = ("official all", "strict all", "official all 0-17", BOTH)
@@ -151,6 +154,8 @@ class Levers:
     context_power: float = 0.5
     context_power_strong: float = 2.0  # the second image-context lever (both on: the powers add)
     cell_weight: float = 8.0  # the cell classifier's weight in the geometric mean (stage 1 and stage 2: 1 each)
+    cell_augment_base: str = "configs/augment/d4.yaml"  # the "cell" lever's crop augmentation (flips only)
+    cell_augment: str | None = "configs/augment/cell.yaml"  # the "cell_aug" lever's (None: no such lever)
     rec: bool = True
 
 
@@ -226,8 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "scores on all images higher in every seed; 'official', the official score higher in every "
                         "seed and the strict one not lower in every seed")
     p.add_argument("--cell-weight", type=positive, default=Levers.cell_weight,
-                   help=f"weight of the cell classifier (or its last pseudo round) in the geometric mean with stage 1 "
-                        f"and stage 2 at 1 each (default {Levers.cell_weight:g}; 1: equal weights)")
+                   help=f"weight of each cell classifier (or the last pseudo round in the first one's place) in the "
+                        f"geometric mean with stage 1 and stage 2 at 1 each (default {Levers.cell_weight:g}; 1: equal weights)")
+    p.add_argument("--cell-augment", default=Levers.cell_augment,
+                   help=f"crop augmentation of the 'cell classifier (augmented)' lever, a second cell classifier "
+                        f"(data.train_augment; default {Levers.cell_augment}); 'none': no such lever. The 'cell "
+                        f"classifier' lever trains with {Levers.cell_augment_base}")
     p.add_argument("--rec-lever", action=argparse.BooleanOptionalAction, default=Levers.rec,
                    help="also train every fold with Puzzle-CAM's own reconstruction-loss defaults (L1 masked by the "
                         "image labels, weight ramped to 4 over half the epochs) and score it as a lever")
@@ -235,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", choices=PARTS, default="all",
                    help="run only these steps of --seeds and stop without a table: 'models' (the Puzzle-CAM models, "
                         "their inference variants and OOF merges), 'cell' (the cell classifier on the image labels; it "
-                        "does not need the models); 'pseudo' (the pseudo-label rounds: they need the cell classifier, "
+                        "does not need the models); 'cell_aug' (the augmented cell classifier of --cell-augment); 'pseudo' (the pseudo-label rounds: they need the cell classifier, "
                         "which runs first, and the models only with --pseudo-source ensemble); 'all' (default): "
                         "everything, then the table. Several processes "
                         "or machines sharing --out can each take a part or a seed (never the same step at once)")
@@ -243,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: What ``--part`` can run on its own (see :func:`run_part`).
-PARTS: tuple[str, ...] = ("all", "models", "cell", "pseudo")
+PARTS: tuple[str, ...] = ("all", "models", "cell", "cell_aug", "pseudo")
 
 
 @dataclass(frozen=True)
@@ -293,6 +302,7 @@ def run_from_args(args: argparse.Namespace) -> Run:
                     pseudo_source=args.pseudo_source,
                     pseudo_scheme=args.pseudo_scheme, cell_weight=args.cell_weight, context_power=args.context_power,
                     context_power_strong=args.context_power_strong,
+                    cell_augment=None if str(args.cell_augment).lower() == "none" else args.cell_augment,
                     rec=args.rec_lever)
     return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers,
                select=args.select)
@@ -367,17 +377,19 @@ def crop_side(size: int) -> int:
     return max(32, 16 * round(size / 4 / 16))
 
 
-def train_cell_model(run: Run, seed: int, fold: int, out: Path, targets: Path | None, folds: Path | None = None
-                     ) -> None:
+def train_cell_model(run: Run, seed: int, fold: int, out: Path, targets: Path | None, folds: Path | None = None,
+                     augment: str | None = None) -> None:
     """``wsss-train --task cell`` of one fold (of ``folds``, default the run's) on the run's label maps (soft
-    per-cell ``targets`` if given)."""
+    per-cell ``targets`` if given), with the crop augmentation ``augment`` (default: the "cell" lever's,
+    :attr:`Levers.cell_augment_base`)."""
     from wsss.cli.train import main as train_main
 
     b = run.budget
     argv = ["--config", str(ROOT / b.cell_config), "--task", "cell", "--fold", str(fold), "--cache", str(run.cache),
             "--folds", str(folds or run.folds), "--masks", str(run.seg), "--out", str(out),
             "--epochs", str(b.cell_epochs),
-            "--set", f"data.size={b.cell_size or crop_side(b.size)}", "--set", f"train.seed={seed}", "--quiet"]
+            "--set", f"data.size={b.cell_size or crop_side(b.size)}", "--set", f"train.seed={seed}",
+            "--set", f"data.train_augment={augment or run.levers.cell_augment_base}", "--quiet"]
     if targets is not None:
         argv += ["--soft-labels", str(targets)]
     if (out / "last.safetensors").is_file():
@@ -434,11 +446,12 @@ def cell_table_of(folder: Path) -> Path:
     return found[0]
 
 
-def cell_classifier(run: Run, seed: int, name: str, targets: Path | Sequence[Path] | None
-                    ) -> tuple[Path, Path] | None:
+def cell_classifier(run: Run, seed: int, name: str, targets: Path | Sequence[Path] | None,
+                    augment: str | None = None) -> tuple[Path, Path] | None:
     """Train and run the cell classifier on every fold (soft ``targets`` from ``wsss-pseudo``, one table or one
-    per fold; else the image labels), plain and with ``--tta d4``; return its OOF per-cell tables (plain, d4), or
-    None when the commands are absent or fail (printed)."""
+    per fold; else the image labels; crop augmentation ``augment``, see :func:`train_cell_model`), plain and with
+    ``--tta d4``; return its OOF per-cell tables (plain, d4), or None when the commands are absent or fail
+    (printed)."""
     if not (available("train") and available("infer")):
         print(f"[levers] {name}: skipped (wsss-train --task cell / wsss-infer --stage cell not available)", flush=True)
         return None
@@ -449,7 +462,8 @@ def cell_classifier(run: Run, seed: int, name: str, targets: Path | Sequence[Pat
         for fold in range(run.budget.n_folds):
             step(run, f"seed{seed}/{name}/train{fold}",
                  lambda f=fold: train_cell_model(run, seed, f, base / f"run_fold{f}",
-                                                 targets[f] if isinstance(targets, Sequence) else targets))
+                                                 targets[f] if isinstance(targets, Sequence) else targets,
+                                                 augment=augment))
             for tag, extra in CELL_VARIANTS.items():
                 step(run, f"seed{seed}/{name}/infer{tag}{fold}",
                      lambda f=fold, g=tag, e=extra: infer(run, "cell", base / f"run_fold{f}",
@@ -594,7 +608,7 @@ def combined(tables: Sequence[pd.DataFrame], weights: Sequence[float] | None = N
 
 #: The levers, in the order they are reported (``cell`` and ``pseudo`` only when their commands exist).
 LEVERS: tuple[str, ...] = ("rec", "tta", "ms", "context", "context_strong", "blend", "negative", "border", "small",
-                           "cell", "pseudo")
+                           "cell", "cell_aug", "pseudo")
 
 
 def lever_label(key: str, lv: Levers) -> str:
@@ -605,6 +619,7 @@ def lever_label(key: str, lv: Levers) -> str:
             "negative": "negative suppression", "border": f"border x{lv.border_factor:g}",
             "small": f"small x{lv.small_factor:g} (<{lv.small_area:g} median)",
             "cell": f"cell classifier x{lv.cell_weight:g}",
+            "cell_aug": f"cell classifier augmented x{lv.cell_weight:g}",
             "pseudo": f"pseudo rounds ({lv.pseudo_rounds}, {lv.pseudo_source}) x{lv.cell_weight:g}, "
                       f"{'leaky' if lv.pseudo_scheme == 'oof' else 'nested'}",
             "rec": f"rec loss masked, w {REC_MAX_WEIGHT:g} ramped"}[key]
@@ -619,6 +634,9 @@ class SeedTables:
     cell: pd.DataFrame | None = None
     cell_d4: pd.DataFrame | None = None  # the same classifier with --tta d4 (set with it; the tta lever's)
     rounds: list[tuple[pd.DataFrame, pd.DataFrame]] = field(default_factory=list)  # per pseudo round: plain, d4
+    cell_aug: pd.DataFrame | None = None  # the classifier trained with Levers.cell_augment (the cell_aug lever;
+    # with the cell lever on too, both classifiers enter the geometric mean)
+    cell_aug_d4: pd.DataFrame | None = None
 
     @property
     def pseudo(self) -> pd.DataFrame | None:
@@ -640,13 +658,15 @@ def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
     else:
         s1 = t.stages["s1_" + ("d4ms" if tta and ms else "d4" if tta else "ms" if ms else "plain")]
         sources = [s1, t.stages["s2_d4" if tta else "s2_plain"]]
-    weights = [1.0] * len(sources)
+    cells: list[pd.DataFrame] = []  # the cell classifiers in the ensemble, each at the cell weight
     if "pseudo" in chosen and t.pseudo is not None:
-        sources.append(t.pseudo_d4 if tta else t.pseudo)
-        weights.append(lv.cell_weight)
+        cells.append(t.pseudo_d4 if tta else t.pseudo)
     elif "cell" in chosen and t.cell is not None:
-        sources.append(t.cell_d4 if tta else t.cell)
-        weights.append(lv.cell_weight)
+        cells.append(t.cell_d4 if tta else t.cell)
+    if "cell_aug" in chosen and t.cell_aug is not None:
+        cells.append(t.cell_aug_d4 if tta else t.cell_aug)
+    weights = [1.0] * len(sources) + [lv.cell_weight] * len(cells)
+    sources += cells
     context = lv.context_power * ("context" in chosen) + lv.context_power_strong * ("context_strong" in chosen)
     params = PostParams(context_power=context,
                         blend_cell=lv.blend_cell if "blend" in chosen else 1.0,
@@ -665,13 +685,25 @@ def seed_tables(run: Run, seed: int, paths: dict[str, Path]) -> SeedTables:
     return pseudo_rounds(run, seed, t)
 
 
+def augmented_classifier(run: Run, seed: int) -> tuple[Path, Path] | None:
+    """The ``cell_aug`` lever's classifier (trained with :attr:`Levers.cell_augment`) on every fold: its OOF tables
+    (plain, d4), or None when the lever is off or its commands failed (printed)."""
+    if not run.levers.cell_augment:
+        return None
+    return cell_classifier(run, seed, "cell_aug", None, augment=run.levers.cell_augment)
+
+
 def pseudo_rounds(run: Run, seed: int, t: SeedTables) -> SeedTables:
-    """Run the cell classifier and the pseudo-label rounds into ``t`` (returned), as far as their commands work."""
+    """Run the cell classifiers (flips only and augmented) and the pseudo-label rounds into ``t`` (returned), as far
+    as their commands work. The rounds' teacher is the flips-only classifier."""
     cell = cell_classifier(run, seed, "cell", None)
     if cell is None:
         print("[levers] pseudo rounds: skipped (they need the cell classifier)", flush=True)
         return t
     t.cell, t.cell_d4 = (read_cell_table(p) for p in cell)
+    augmented = augmented_classifier(run, seed)
+    if augmented is not None:
+        t.cell_aug, t.cell_aug_d4 = (read_cell_table(p) for p in augmented)
     teacher = teacher_table(run, seed, t, "cell", cell[1])
     if run.levers.pseudo_rounds and not available("pseudo"):
         print("[levers] pseudo rounds: skipped (wsss-pseudo not available)", flush=True)
@@ -708,7 +740,7 @@ def teacher_table(run: Run, seed: int, t: SeedTables, lever: str, d4_table: Path
 def present_levers(t: SeedTables) -> list[str]:
     """The levers this seed can measure (the cell classifier and pseudo rounds need their commands)."""
     return [k for k in LEVERS if (k != "cell" or t.cell is not None) and (k != "pseudo" or t.pseudo is not None)
-            and (k != "rec" or "rec_s1_plain" in t.stages)]
+            and (k != "cell_aug" or t.cell_aug is not None) and (k != "rec" or "rec_s1_plain" in t.stages)]
 
 
 def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
@@ -722,6 +754,8 @@ def methods(run: Run, t: SeedTables) -> dict[str, pd.DataFrame]:
         out["rec loss: stage1"], out["rec loss: stage2"] = t.stages["rec_s1_plain"], t.stages["rec_s2_plain"]
     if t.cell is not None:
         out["cell classifier"], out["cell classifier d4"] = t.cell, t.cell_d4
+    if t.cell_aug is not None:
+        out["cell classifier augmented"], out["cell classifier augmented d4"] = t.cell_aug, t.cell_aug_d4
     for round_, (plain, d4) in enumerate(t.rounds, start=1):
         tag = "leaky" if lv.pseudo_scheme == "oof" else "nested"
         out[f"cell classifier, pseudo round {round_} ({tag})"] = plain
@@ -943,6 +977,10 @@ def run_part(run: Run, part: str, start: float) -> int:
                     run_seed(run, seed)
                 elif part == "pseudo":
                     pseudo_part(run, seed)
+                elif part == "cell_aug":
+                    if augmented_classifier(run, seed) is None:
+                        raise StepError(f"seed {seed}: the augmented cell classifier did not run (--cell-augment "
+                                        f"{run.levers.cell_augment}; printed above)")
                 elif cell_classifier(run, seed, "cell", None) is None:
                     raise StepError(f"seed {seed}: the cell classifier did not run (printed above)")
     except StepError as exc:

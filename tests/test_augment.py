@@ -65,6 +65,31 @@ def test_writeup_pipeline_file_runs_on_rgby():
     assert {"HorizontalFlip", "RandomRotate90", "Affine", "RandomGamma", "RandomBrightnessContrast"} <= names
 
 
+def test_cell_pipeline_keeps_a_small_dot_and_the_black_background():
+    """configs/augment/cell.yaml: no blur or dropout, so a 2-px dot (a centrosome) survives every draw, and the
+    geometric part fills with black (the blanked neighbours' colour)."""
+    spec = ROOT / "configs" / "augment" / "cell.yaml"
+    names = {item["name"] for item in load_spec(spec)}
+    assert not names & {"GaussianBlur", "MotionBlur", "MedianBlur", "CoarseDropout", "GaussNoise"}
+    transform = build_transform(spec)
+    image = np.zeros((64, 64, 4), np.uint8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    cell = (yy - 32) ** 2 + (xx - 32) ** 2 < 20 ** 2
+    image[cell] = (60, 20, 40, 50)
+    image[30:32, 36:38, 1] = 250  # the dot, in the green (protein) plane
+    rng_state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        for _ in range(40):
+            out = transform(image=image)["image"]
+            green = out[..., 1].astype(int)
+            assert green.max() >= 90 and green.max() > np.median(green[cell]) + 60  # the dot stands out
+            assert out.shape == image.shape and out.dtype == np.uint8
+            assert (out[:3, :3] <= 30).all()  # the corner stays dark (at most the brightness shift)
+    finally:
+        np.random.set_state(rng_state)
+
+
 def test_relative_spec_found_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert build_transform("configs/augment/writeup.yaml") is not None

@@ -126,6 +126,27 @@ def test_the_two_image_context_levers_add_their_powers():
     assert lv.lever_label("context_strong", levers) == "image context (mean^2)"
 
 
+def test_the_augmented_classifier_alone_and_beside_the_flips_only_one(tmp_path):
+    lv = _levers()
+    base, flips, augmented = _cell_table([0.5]), _cell_table([0.2]), _cell_table([0.9])
+    tables = lv.SeedTables(stages={"s1_plain": base, "s2_plain": base}, images=pd.DataFrame(), cell=flips,
+                           cell_d4=flips, cell_aug=augmented, cell_aug_d4=augmented)
+    levers = lv.Levers(cell_weight=8.0)
+    with_flips = lv.with_levers(tables, {"cell"}, levers)["p_0"].iloc[0]
+    assert with_flips == pytest.approx((0.5 * 0.5 * 0.2 ** 8) ** (1 / 10), rel=1e-4)
+    assert lv.with_levers(tables, {"cell_aug"}, levers)["p_0"].iloc[0] == pytest.approx(
+        (0.5 * 0.5 * 0.9 ** 8) ** (1 / 10), rel=1e-4)
+    both = lv.with_levers(tables, {"cell", "cell_aug"}, levers)["p_0"].iloc[0]  # each classifier at weight 8
+    assert both == pytest.approx((0.5 * 0.5 * 0.2 ** 8 * 0.9 ** 8) ** (1 / 18), rel=1e-4)
+    assert "cell_aug" in lv.present_levers(tables)
+    assert "cell_aug" not in lv.present_levers(lv.SeedTables(stages={}, images=pd.DataFrame(), cell=flips))
+    assert lv.lever_label("cell_aug", levers) == "cell classifier augmented x8"
+    run = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path)]))
+    assert run.levers.cell_augment == "configs/augment/cell.yaml"
+    off = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path), "--cell-augment", "none"]))
+    assert off.levers.cell_augment is None and lv.augmented_classifier(off, 0) is None
+
+
 def test_budget_overrides_and_bad_lever_options(tmp_path, capsys):
     lv = _levers()
     args = lv.build_parser().parse_args(["--out", str(tmp_path), "--budget", "real", "--cell-size", "128",
@@ -192,11 +213,16 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     part = capsys.readouterr().out
     assert "seed0/cell/train0: done before, skipped" in part and "seed0/cell_pseudo1_cell/oof_d4:" in part
     assert "seed0/train0 ..." not in part
+    # the augmented classifier as a part of its own
+    assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0", "--part", "cell_aug"]) == 0
+    part = capsys.readouterr().out
+    assert "seed0/cell_aug/oof_d4:" in part and "seed0/cell/train0" not in part and "seed0/train0 ..." not in part
     assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0"]) == 0
     printed = capsys.readouterr().out
     assert "seed0/cell_pseudo1_cell/train0: done before, skipped" in printed and "seed0/train0 ..." in printed
+    assert "seed0/cell_aug/train0: done before, skipped" in printed
     for needle in ("truth-broadcast", "oracle", "+tta d4", "+multi-scale", "+negative suppression", "all levers",
-                   "cell classifier", "cell classifier d4", "pseudo round 1, d4 (leaky)", "+pseudo rounds (1, cell) x8, leaky", "+image context (mean^0.5)", "+cell classifier x8", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
+                   "cell classifier", "cell classifier d4", "pseudo round 1, d4 (leaky)", "+pseudo rounds (1, cell) x8, leaky", "+image context (mean^0.5)", "+cell classifier x8", "cell classifier augmented d4", "+cell classifier augmented x8", "+rec loss masked, w 4 ramped", "rec loss: stage2", "one seed gives no spread", "over seeds 0", "str all 0-17", "helping levers ="):
         assert needle in printed, needle
     summary = pd.read_csv(out / "levers_summary.csv").set_index("method")
     assert summary.loc["oracle", "official all mean"] > summary.loc["naive", "strict all mean"]

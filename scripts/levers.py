@@ -8,7 +8,8 @@ and is skipped on a re-run, so a killed run resumes where it stopped):
 2. per training seed and fold: ``wsss-train`` (fold ``k`` held out), then ``wsss-infer`` on fold ``k``:
    stage 1 plain, ``--tta d4``, ``--scales`` (multi-scale), both; stage 2 plain and ``--tta d4``;
    with the issue-13 cell classifier merged (``wsss-train --task cell``, ``wsss-infer --stage
-   cell``, detected; skipped with a printed line when absent) also the cell classifier, and with
+   cell``, detected; skipped with a printed line when absent) also the cell classifier (crops with flips
+   only) and a second one with the crops augmented by ``--cell-augment``, and with
    ``wsss-pseudo`` one pseudo-label round per ``--pseudo-rounds`` (a teacher's OOF per-cell table -> soft
    targets masked by the image labels -> the cell classifier retrained on them; the teacher, ``--pseudo-source``:
    ``cell``, the previous cell classifier's own D4 table (round 1: the one on the image labels), or
@@ -188,10 +189,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def augment_file(text: str) -> str | None:
+    """``--cell-augment``: an augmentation file, or None for ``none``, ``null`` or an empty value (no such lever)."""
+    return None if text.strip().lower() in ("", "none", "null") else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``scripts/levers.py``."""
     p = argparse.ArgumentParser(description="Measure each lever (TTA d4, multi-scale, blending, Negative suppression, "
-                                            "border/small down-weighting, cell classifier, pseudo-label rounds) on "
+                                            "border/small down-weighting, cell classifiers with flips only and augmented, pseudo-label rounds) on "
                                             "out-of-fold synthetic data, alone and together, over several seeds.")
     p.add_argument("--out", type=Path, required=True, help="working folder (resumable)")
     p.add_argument("--budget", choices=tuple(BUDGETS), default="tiny", help="size of the run (default tiny)")
@@ -233,10 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-weight", type=positive, default=Levers.cell_weight,
                    help=f"weight of each cell classifier (or the last pseudo round in the first one's place) in the "
                         f"geometric mean with stage 1 and stage 2 at 1 each (default {Levers.cell_weight:g}; 1: equal weights)")
-    p.add_argument("--cell-augment", default=Levers.cell_augment,
-                   help=f"crop augmentation of the 'cell classifier (augmented)' lever, a second cell classifier "
+    p.add_argument("--cell-augment", type=augment_file, default=Levers.cell_augment,
+                   help=f"crop augmentation of the 'cell classifier augmented' lever, a second cell classifier "
                         f"(data.train_augment; default {Levers.cell_augment}); 'none': no such lever. The 'cell "
-                        f"classifier' lever trains with {Levers.cell_augment_base}")
+                        f"classifier' lever trains with {Levers.cell_augment_base}. A folder keeps the file it was "
+                        f"started with")
     p.add_argument("--rec-lever", action=argparse.BooleanOptionalAction, default=Levers.rec,
                    help="also train every fold with Puzzle-CAM's own reconstruction-loss defaults (L1 masked by the "
                         "image labels, weight ramped to 4 over half the epochs) and score it as a lever")
@@ -302,7 +309,7 @@ def run_from_args(args: argparse.Namespace) -> Run:
                     pseudo_source=args.pseudo_source,
                     pseudo_scheme=args.pseudo_scheme, cell_weight=args.cell_weight, context_power=args.context_power,
                     context_power_strong=args.context_power_strong,
-                    cell_augment=None if str(args.cell_augment).lower() == "none" else args.cell_augment,
+                    cell_augment=args.cell_augment,
                     rec=args.rec_lever)
     return Run(out=args.out, budget=budget, levers=levers, data_seed=args.data_seed, workers=args.workers,
                select=args.select)
@@ -634,8 +641,7 @@ class SeedTables:
     cell: pd.DataFrame | None = None
     cell_d4: pd.DataFrame | None = None  # the same classifier with --tta d4 (set with it; the tta lever's)
     rounds: list[tuple[pd.DataFrame, pd.DataFrame]] = field(default_factory=list)  # per pseudo round: plain, d4
-    cell_aug: pd.DataFrame | None = None  # the classifier trained with Levers.cell_augment (the cell_aug lever;
-    # with the cell lever on too, both classifiers enter the geometric mean)
+    cell_aug: pd.DataFrame | None = None  # trained with Levers.cell_augment (the cell_aug lever; see with_levers)
     cell_aug_d4: pd.DataFrame | None = None
 
     @property
@@ -679,9 +685,12 @@ def with_levers(t: SeedTables, chosen: set[str], lv: Levers) -> pd.DataFrame:
 
 
 def seed_tables(run: Run, seed: int, paths: dict[str, Path]) -> SeedTables:
-    """Read one seed's OOF tables; run the cell classifier and the pseudo-label rounds when they exist."""
+    """Read one seed's OOF tables; run the cell classifiers and the pseudo-label rounds when they exist."""
     t = SeedTables(stages={k: read_cell_table(v) for k, v in paths.items() if k != "images"},
                    images=pd.read_parquet(paths["images"]))
+    augmented = augmented_classifier(run, seed)
+    if augmented is not None:
+        t.cell_aug, t.cell_aug_d4 = (read_cell_table(p) for p in augmented)
     return pseudo_rounds(run, seed, t)
 
 
@@ -694,16 +703,13 @@ def augmented_classifier(run: Run, seed: int) -> tuple[Path, Path] | None:
 
 
 def pseudo_rounds(run: Run, seed: int, t: SeedTables) -> SeedTables:
-    """Run the cell classifiers (flips only and augmented) and the pseudo-label rounds into ``t`` (returned), as far
-    as their commands work. The rounds' teacher is the flips-only classifier."""
+    """Run the (flips-only) cell classifier and the pseudo-label rounds it teaches into ``t`` (returned), as far as
+    their commands work."""
     cell = cell_classifier(run, seed, "cell", None)
     if cell is None:
         print("[levers] pseudo rounds: skipped (they need the cell classifier)", flush=True)
         return t
     t.cell, t.cell_d4 = (read_cell_table(p) for p in cell)
-    augmented = augmented_classifier(run, seed)
-    if augmented is not None:
-        t.cell_aug, t.cell_aug_d4 = (read_cell_table(p) for p in augmented)
     teacher = teacher_table(run, seed, t, "cell", cell[1])
     if run.levers.pseudo_rounds and not available("pseudo"):
         print("[levers] pseudo rounds: skipped (wsss-pseudo not available)", flush=True)
@@ -952,23 +958,29 @@ def format_table(summary: pd.DataFrame, deltas: pd.DataFrame, run: Run, n_all: i
 
 
 def check_settings(run: Run) -> None:
-    """Refuse a folder holding a run with other data or training settings (the seeds may grow); record them."""
+    """Refuse a folder holding a run with other data or training settings (the seeds may grow) or whose augmented
+    cell classifier was trained with another ``--cell-augment`` file; record them."""
     path = run.out / "settings.json"
     now = {**asdict(run.budget), "seeds": None, "data_seed": run.data_seed}
+    levers = asdict(run.levers)
     if path.is_file():
         before = json.loads(path.read_text())
         before_key = {**before.get("budget", {}), "seeds": None, "data_seed": before.get("data_seed")}
         diff = sorted(k for k in now if str(now[k]) != str(before_key.get(k)))
+        augment = before.get("levers", {}).get("cell_augment")
+        if augment and run.levers.cell_augment and augment != run.levers.cell_augment:
+            diff.append("cell_augment")
         if diff:
             raise StepError(f"{run.out}: holds a run with other settings ({', '.join(diff)} differ); use a new --out")
-    settings = {"budget": {**asdict(run.budget), "seeds": list(run.budget.seeds)}, "levers": asdict(run.levers),
+        levers["cell_augment"] = run.levers.cell_augment or augment  # a run without the lever keeps the file
+    settings = {"budget": {**asdict(run.budget), "seeds": list(run.budget.seeds)}, "levers": levers,
                 "data_seed": run.data_seed}
     atomic_write_bytes(path, json.dumps(settings, indent=2).encode())
 
 
 def run_part(run: Run, part: str, start: float) -> int:
-    """``--part models|cell|pseudo``: the data steps, then only that part's steps for every seed of the run; no
-    table."""
+    """``--part models|cell|cell_aug|pseudo``: the data steps, then only that part's steps for every seed of the run;
+    no table."""
     try:
         with show_progress():
             prepare_data(run)
@@ -978,9 +990,10 @@ def run_part(run: Run, part: str, start: float) -> int:
                 elif part == "pseudo":
                     pseudo_part(run, seed)
                 elif part == "cell_aug":
+                    if not run.levers.cell_augment:
+                        raise StepError("--part cell_aug: the augmented classifier is off (--cell-augment none)")
                     if augmented_classifier(run, seed) is None:
-                        raise StepError(f"seed {seed}: the augmented cell classifier did not run (--cell-augment "
-                                        f"{run.levers.cell_augment}; printed above)")
+                        raise StepError(f"seed {seed}: the augmented cell classifier did not run (printed above)")
                 elif cell_classifier(run, seed, "cell", None) is None:
                     raise StepError(f"seed {seed}: the cell classifier did not run (printed above)")
     except StepError as exc:

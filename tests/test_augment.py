@@ -66,28 +66,24 @@ def test_writeup_pipeline_file_runs_on_rgby():
 
 
 def test_cell_pipeline_keeps_a_small_dot_and_the_black_background():
-    """configs/augment/cell.yaml: no blur or dropout, so a 2-px dot (a centrosome) survives every draw, and the
-    geometric part fills with black (the blanked neighbours' colour)."""
+    """configs/augment/cell.yaml: no blur or dropout, so a 2-px dot (a centrosome) survives 40 seeded draws, and
+    the background stays dark (the geometric part fills with black; brightness and gamma lift it a little)."""
     spec = ROOT / "configs" / "augment" / "cell.yaml"
     names = {item["name"] for item in load_spec(spec)}
     assert not names & {"GaussianBlur", "MotionBlur", "MedianBlur", "CoarseDropout", "GaussNoise"}
     transform = build_transform(spec)
+    transform.set_random_seed(0)
     image = np.zeros((64, 64, 4), np.uint8)
     yy, xx = np.mgrid[0:64, 0:64]
     cell = (yy - 32) ** 2 + (xx - 32) ** 2 < 20 ** 2
     image[cell] = (60, 20, 40, 50)
     image[30:32, 36:38, 1] = 250  # the dot, in the green (protein) plane
-    rng_state = np.random.get_state()
-    np.random.seed(0)
-    try:
-        for _ in range(40):
-            out = transform(image=image)["image"]
-            green = out[..., 1].astype(int)
-            assert green.max() >= 90 and green.max() > np.median(green[cell]) + 60  # the dot stands out
-            assert out.shape == image.shape and out.dtype == np.uint8
-            assert (out[:3, :3] <= 30).all()  # the corner stays dark (at most the brightness shift)
-    finally:
-        np.random.set_state(rng_state)
+    for _ in range(40):
+        out = transform(image=image)["image"]
+        green = out[..., 1].astype(int)
+        assert green.max() >= 90 and green.max() > np.median(green[cell]) + 60  # the dot stands out
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert (out[:3, :3] <= 60).all()  # the corner stays dark: brightness shifts 0 by <= 26, gamma lifts that
 
 
 def test_relative_spec_found_from_any_folder(tmp_path, monkeypatch):

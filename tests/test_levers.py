@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,9 +129,9 @@ def test_the_two_image_context_levers_add_their_powers():
 
 def test_the_augmented_classifier_alone_and_beside_the_flips_only_one(tmp_path):
     lv = _levers()
-    base, flips, augmented = _cell_table([0.5]), _cell_table([0.2]), _cell_table([0.9])
-    tables = lv.SeedTables(stages={"s1_plain": base, "s2_plain": base}, images=pd.DataFrame(), cell=flips,
-                           cell_d4=flips, cell_aug=augmented, cell_aug_d4=augmented)
+    base, flips, augmented, augmented_d4 = _cell_table([0.5]), _cell_table([0.2]), _cell_table([0.9]), _cell_table([0.7])
+    tables = lv.SeedTables(stages={"s1_plain": base, "s2_plain": base, "s1_d4": base, "s2_d4": base},
+                           images=pd.DataFrame(), cell=flips, cell_d4=flips, cell_aug=augmented, cell_aug_d4=augmented_d4)
     levers = lv.Levers(cell_weight=8.0)
     with_flips = lv.with_levers(tables, {"cell"}, levers)["p_0"].iloc[0]
     assert with_flips == pytest.approx((0.5 * 0.5 * 0.2 ** 8) ** (1 / 10), rel=1e-4)
@@ -138,13 +139,23 @@ def test_the_augmented_classifier_alone_and_beside_the_flips_only_one(tmp_path):
         (0.5 * 0.5 * 0.9 ** 8) ** (1 / 10), rel=1e-4)
     both = lv.with_levers(tables, {"cell", "cell_aug"}, levers)["p_0"].iloc[0]  # each classifier at weight 8
     assert both == pytest.approx((0.5 * 0.5 * 0.2 ** 8 * 0.9 ** 8) ** (1 / 18), rel=1e-4)
+    assert lv.with_levers(tables, {"cell_aug", "tta"}, levers)["p_0"].iloc[0] == pytest.approx(  # its D4 table
+        (0.5 * 0.5 * 0.7 ** 8) ** (1 / 10), rel=1e-4)
     assert "cell_aug" in lv.present_levers(tables)
     assert "cell_aug" not in lv.present_levers(lv.SeedTables(stages={}, images=pd.DataFrame(), cell=flips))
     assert lv.lever_label("cell_aug", levers) == "cell classifier augmented x8"
     run = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path)]))
     assert run.levers.cell_augment == "configs/augment/cell.yaml"
-    off = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path), "--cell-augment", "none"]))
-    assert off.levers.cell_augment is None and lv.augmented_classifier(off, 0) is None
+    for word in ("none", "null", "NONE"):
+        off = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path), "--cell-augment", word]))
+        assert off.levers.cell_augment is None and lv.augmented_classifier(off, 0) is None
+    # a folder keeps the augmentation its classifier was trained with; a run without the lever keeps it too
+    lv.check_settings(run)
+    lv.check_settings(off)
+    assert '"cell_augment": "configs/augment/cell.yaml"' in (tmp_path / "settings.json").read_text()
+    other = lv.run_from_args(lv.build_parser().parse_args(["--out", str(tmp_path), "--cell-augment", "x.yaml"]))
+    with pytest.raises(lv.StepError, match=r"cell_augment differ"):
+        lv.check_settings(other)
 
 
 def test_budget_overrides_and_bad_lever_options(tmp_path, capsys):
@@ -213,10 +224,15 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     part = capsys.readouterr().out
     assert "seed0/cell/train0: done before, skipped" in part and "seed0/cell_pseudo1_cell/oof_d4:" in part
     assert "seed0/train0 ..." not in part
-    # the augmented classifier as a part of its own
+    assert "cell_aug" not in part  # the pseudo rounds learn from the flips-only classifier alone
+    # the augmented classifier as a part of its own; each classifier trained with its own augmentation
     assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0", "--part", "cell_aug"]) == 0
     part = capsys.readouterr().out
-    assert "seed0/cell_aug/oof_d4:" in part and "seed0/cell/train0" not in part and "seed0/train0 ..." not in part
+    assert "seed0/cell_aug/train0 ..." in part and "seed0/cell_aug/oof_d4:" in part
+    assert "seed0/cell/train0" not in part and "seed0/train0 ..." not in part
+    for name, augment in (("cell", "configs/augment/d4.yaml"), ("cell_aug", "configs/augment/cell.yaml")):
+        saved = yaml.safe_load((out / "seed0" / name / "run_fold0" / "config.yaml").read_text())
+        assert saved["data"]["train_augment"] == augment, name
     assert lv.main(["--out", str(out), "--budget", "test", "--count", "8", "--seeds", "0"]) == 0
     printed = capsys.readouterr().out
     assert "seed0/cell_pseudo1_cell/train0: done before, skipped" in printed and "seed0/train0 ..." in printed

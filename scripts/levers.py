@@ -35,8 +35,8 @@ one lever at a time on the baseline (``+tta d4``, ``+multi-scale``, ``+image con
 suppression``, ``+border``, ``+small``, ``+cell classifier`` (crops augmented with the D4 flips only,
 ``configs/augment/d4.yaml``), ``+cell classifier augmented`` (a second classifier trained with
 ``--cell-augment``, default ``configs/augment/cell.yaml``: D4, small affine moves, brightness, contrast and
-gamma; with both on, the two classifiers are averaged in, each at the cell weight), ``+pseudo rounds``), ``all levers`` (both context
-levers: the powers' sum) and ``helping levers``.
+gamma; with both on, the two classifiers are averaged in, each at the cell weight), ``+pseudo rounds``),
+``all levers`` (both context levers: the powers' sum) and ``helping levers``.
 Post-processing runs through :func:`wsss.postprocess.postprocess` (what ``wsss-ensemble --config``
 does). Budgets (``--budget``): ``test`` (seconds, the test suite), ``tiny`` (a few minutes),
 ``real`` (the measurement of the issue: 400 images at 384 px, variability 0.7, 4 folds -> 300
@@ -197,7 +197,8 @@ def augment_file(text: str) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``scripts/levers.py``."""
     p = argparse.ArgumentParser(description="Measure each lever (TTA d4, multi-scale, blending, Negative suppression, "
-                                            "border/small down-weighting, cell classifiers with flips only and augmented, pseudo-label rounds) on "
+                                            "border/small down-weighting, cell classifiers with flips only and "
+                                            "augmented, pseudo-label rounds) on "
                                             "out-of-fold synthetic data, alone and together, over several seeds.")
     p.add_argument("--out", type=Path, required=True, help="working folder (resumable)")
     p.add_argument("--budget", choices=tuple(BUDGETS), default="tiny", help="size of the run (default tiny)")
@@ -238,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "seed and the strict one not lower in every seed")
     p.add_argument("--cell-weight", type=positive, default=Levers.cell_weight,
                    help=f"weight of each cell classifier (or the last pseudo round in the first one's place) in the "
-                        f"geometric mean with stage 1 and stage 2 at 1 each (default {Levers.cell_weight:g}; 1: equal weights)")
+                        f"geometric mean with stage 1 and stage 2 at 1 each (default {Levers.cell_weight:g}; 1: "
+                        "equal weights)")
     p.add_argument("--cell-augment", type=augment_file, default=Levers.cell_augment,
                    help=f"crop augmentation of the 'cell classifier augmented' lever, a second cell classifier "
                         f"(data.train_augment; default {Levers.cell_augment}); 'none': no such lever. The 'cell "
@@ -251,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", choices=PARTS, default="all",
                    help="run only these steps of --seeds and stop without a table: 'models' (the Puzzle-CAM models, "
                         "their inference variants and OOF merges), 'cell' (the cell classifier on the image labels; it "
-                        "does not need the models); 'cell_aug' (the augmented cell classifier of --cell-augment); 'pseudo' (the pseudo-label rounds: they need the cell classifier, "
+                        "does not need the models); 'cell_aug' (the augmented cell classifier of --cell-augment); "
+                        "'pseudo' (the pseudo-label rounds: they need the cell classifier, "
                         "which runs first, and the models only with --pseudo-source ensemble); 'all' (default): "
                         "everything, then the table. Several processes "
                         "or machines sharing --out can each take a part or a seed (never the same step at once)")
